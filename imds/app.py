@@ -1,0 +1,174 @@
+"""
+The aiohttp application: one handler that answers every request the way EC2 does.
+
+A single catch-all route keeps EC2's statuses under our control for any method and path
+(aiohttp's router would answer unknown methods with its own 405 page), and keeps the
+request path short: verify a token (an HMAC, no lock, no I/O), walk a dict tree, send
+bytes rendered ahead of time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from email.utils import format_datetime
+
+from aiohttp import web
+
+from imds import protocol as p
+from imds.config import Config
+from imds.metadata import Directory, lookup
+from imds.rotation import Rotator
+from imds.tokens import InvalidTTL, TokenSigner, parse_ttl
+
+log = logging.getLogger("imds.app")
+
+_GET_HEAD = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """What the handler needs, fixed when the app is built."""
+
+    config: Config
+    tree: Directory
+    signer: TokenSigner
+    rotator: Rotator
+    clock: Callable[[], float]
+    common_headers: dict[str, str]
+
+
+STATE = web.AppKey("state", State)
+
+
+def _respond(
+    state: State,
+    status: int,
+    body: bytes = p.EMPTY,
+    *,
+    content_type: str = p.TEXT_PLAIN,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    response = web.Response(status=status, body=body, content_type=content_type)
+    response.headers.update(state.common_headers)
+    if headers:
+        response.headers.update(headers)
+    if state.config.connection_close:
+        response.force_close()
+    return response
+
+
+def _token_endpoint(request: web.Request, state: State) -> web.Response:
+    method = request.method
+    if method != "PUT":
+        # [T-11] GET on the token path is 405 with `Allow: OPTIONS, PUT`; OPTIONS is allowed.
+        status = 200 if method == "OPTIONS" else 405
+        body = p.EMPTY if status == 200 else p.METHOD_NOT_ALLOWED_BODY
+        return _respond(state, status, body, headers={"Allow": p.TOKEN_ALLOW})
+    if "X-Forwarded-For" in request.headers:
+        # [T-09] PUTs that went through a proxy are refused: the SSRF defence of IMDSv2.
+        return _respond(state, 403)
+    if request.content_length:
+        # EC2 takes no body on the token PUT [T-14]; refuse rather than read it.
+        return _respond(state, 400, p.BAD_REQUEST_BODY)
+    try:
+        ttl = parse_ttl(request.headers.get(p.TTL_HEADER))
+    except InvalidTTL:
+        # [T-03] [T-04] botocore treats this 400 as fatal (S-PY-02): the right signal.
+        return _respond(state, 400, p.BAD_REQUEST_BODY)
+    token = state.signer.issue(ttl, request.remote or "")
+    # [T-05] [T-06] Go v2 and Rust need the TTL header back to accept the token.
+    return _respond(state, 200, token.encode("ascii"), headers={p.TTL_RESPONSE_HEADER: str(ttl)})
+
+
+def _is_versioned_token_path(segments: list[str]) -> bool:
+    return len(segments) == 3 and segments[1:] == ["api", "token"]
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    path = request.path
+    if path == p.TOKEN_PATH:
+        return _token_endpoint(request, state)
+
+    segments = [s for s in path.split("/") if s]
+    method = request.method
+    if method not in _GET_HEAD:
+        if method == "PUT" and _is_versioned_token_path(segments):
+            # [T-12] `/latest/api/token/` and [T-13] `/<version>/api/token` answer 403.
+            return _respond(state, 403)
+        # [Q-02] undocumented; 405 names what metadata paths take [T-18].
+        return _respond(
+            state, 405, p.METHOD_NOT_ALLOWED_BODY, headers={"Allow": p.METADATA_ALLOW}
+        )
+
+    headers: dict[str, str] | None = None
+    token = request.headers.get(p.TOKEN_HEADER)
+    if token is not None:
+        if "X-Forwarded-For" in request.headers:
+            # [T-10] kube2iam saw EC2 answer 403 to token-bearing GETs with this header.
+            return _respond(state, 403)
+        verified = state.signer.verify(token, request.remote or "")
+        if verified is None:
+            # [A-04] invalid or expired token; Go and JS then fetch a new one (S-GO-03).
+            return _respond(state, 401)
+        # [A-07] token-bearing responses carry the token's remaining lifetime.
+        headers = {p.TTL_RESPONSE_HEADER: str(verified.remaining(state.clock()))}
+    elif state.config.http_tokens == "required":
+        # [A-03] IMDSv2 required: no token, empty 401.
+        return _respond(state, 401)
+
+    found = lookup(state.tree, segments)
+    if found is None:
+        return _respond(state, 404, p.NOT_FOUND_BODY, headers=headers)
+    return _respond(state, 200, found.body, content_type=found.content_type, headers=headers)
+
+
+async def _refuse_expect(request: web.Request) -> web.StreamResponse | None:
+    # [T-14] EC2 answers `Expect: 100-continue` with 417 instead of reading a body.
+    state = request.app[STATE]
+    raise web.HTTPExpectationFailed(headers=state.common_headers)
+
+
+async def _rotation(app: web.Application) -> AsyncIterator[None]:
+    rotator = app[STATE].rotator
+    task = asyncio.create_task(rotator.run(), name="imds-rotation")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def make_app(
+    config: Config,
+    *,
+    tree: Directory,
+    rotator: Rotator,
+    clock: Callable[[], float],
+    signer: TokenSigner | None = None,
+    started: dt.datetime | None = None,
+) -> web.Application:
+    """Build the metadata application around an already primed rotator."""
+    started = started or dt.datetime.now(dt.UTC)
+    state = State(
+        config=config,
+        tree=tree,
+        signer=signer or TokenSigner(clock),
+        rotator=rotator,
+        clock=clock,
+        common_headers={
+            "Server": p.SERVER_NAME,
+            # [R-02] observed on every 200 from a Nitro host.
+            "Accept-Ranges": "none",
+            "Last-Modified": format_datetime(started, usegmt=True),
+        },
+    )
+    app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
+    app[STATE] = state
+    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_refuse_expect)
+    app.cleanup_ctx.append(_rotation)
+    return app

@@ -1,0 +1,86 @@
+"""
+The metadata tree: directories that list their children, leaves that hold bytes.
+
+A leaf's value is either fixed bytes or a function called per request (credentials, spot
+notices); a function returning None means "absent right now", which hides the leaf from
+its directory's listing and answers 404 [R-06] [R-09].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from imds.protocol import TEXT_PLAIN
+
+Producer = Callable[[], bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    value: bytes | Producer
+    content_type: str = TEXT_PLAIN
+
+    def read(self) -> bytes | None:
+        value = self.value
+        return value if isinstance(value, bytes) else value()
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    children: dict[str, Leaf | Directory] = field(default_factory=dict)
+    # A directory present only sometimes (`iam/` without a role, `spot/` [R-09]).
+    present: Callable[[], bool] | None = None
+    # `/` and `/latest/` list their sub-directories bare (`meta-data`, not `meta-data/`)
+    # [N-06] [N-07]; everything below marks them with a slash [R-05].
+    mark_directories: bool = True
+
+    def is_present(self) -> bool:
+        return self.present is None or self.present()
+
+    def listing(self) -> bytes:
+        """
+        [R-05] one child a line, directories with a trailing `/`, no final newline;
+        [M-01] alphabetical.
+        """
+        names = []
+        for name in sorted(self.children):
+            child = self.children[name]
+            if isinstance(child, Directory):
+                if child.is_present():
+                    names.append(name + "/" if self.mark_directories else name)
+            elif child.read() is not None:
+                names.append(name)
+        return "\n".join(names).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    body: bytes
+    content_type: str = TEXT_PLAIN
+
+
+def lookup(root: Directory, segments: list[str]) -> Found | None:
+    """
+    Find a path below `root`, given its segments without empty ones.
+
+    A directory asked for without its trailing slash lists itself [R-07], and a leaf asked
+    for with one answers its value [R-08]: both come down to ignoring the final slash.
+    """
+    node: Leaf | Directory = root
+    for segment in segments:
+        if not isinstance(node, Directory) or not node.is_present():
+            return None
+        child = node.children.get(segment)
+        if child is None:
+            return None
+        node = child
+    if isinstance(node, Directory):
+        return Found(node.listing()) if node.is_present() else None
+    body = node.read()
+    return None if body is None else Found(body, node.content_type)
+
+
+def leaf(text: str) -> Leaf:
+    """A fixed text leaf."""
+    return Leaf(text.encode("utf-8"))

@@ -1,0 +1,14 @@
+"""
+Where served credentials come from.
+
+Every source has the same small shape (`CredentialSource`), so the rotation machinery
+and the server never know which one is behind them: the embedded `LocalSource` mints
+realistic keys offline, `AssumeRoleSource` gets real ones from STS.
+"""
+
+from __future__ import annotations
+
+from imds.sources.base import CredentialSource, RoleIdentity
+from imds.sources.local import LocalSource
+
+__all__ = ["CredentialSource", "LocalSource", "RoleIdentity"]
