@@ -16,14 +16,21 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.utils import format_datetime
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from imds import protocol as p
 from imds.config import Config
+from imds.hoplimit import limit_hops
 from imds.metadata import Directory, lookup
+from imds.netguard import Guard
+from imds.rolemap import Routes
 from imds.rotation import Rotator
 from imds.tokens import InvalidTTL, TokenSigner, parse_ttl
+
+if TYPE_CHECKING:
+    from imds.lab import Lab
 
 log = logging.getLogger("imds.app")
 
@@ -40,6 +47,9 @@ class State:
     rotator: Rotator
     clock: Callable[[], float]
     common_headers: dict[str, str]
+    # Host check and client allow-list (imds.netguard); per-caller roles (imds.rolemap).
+    guard: Guard | None = None
+    routes: Routes | None = None
 
 
 STATE = web.AppKey("state", State)
@@ -82,7 +92,13 @@ def _token_endpoint(request: web.Request, state: State) -> web.Response:
         return _respond(state, 400, p.BAD_REQUEST_BODY)
     token = state.signer.issue(ttl, request.remote or "")
     # [T-05] [T-06] Go v2 and Rust need the TTL header back to accept the token.
-    return _respond(state, 200, token.encode("ascii"), headers={p.TTL_RESPONSE_HEADER: str(ttl)})
+    response = _respond(state, 200, token.encode("ascii"),
+                        headers={p.TTL_RESPONSE_HEADER: str(ttl)})
+    # [N-05] the token leaves with EC2's hop limit; the socket keeps that TTL, so this
+    # connection must not carry another response.
+    if limit_hops(request.transport, state.config.hop_limit):
+        response.force_close()
+    return response
 
 
 def _is_versioned_token_path(segments: list[str]) -> bool:
@@ -91,6 +107,17 @@ def _is_versioned_token_path(segments: list[str]) -> bool:
 
 async def handle(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    guard = state.guard
+    if guard is not None and not guard.admits(request.headers.get("Host"), request.remote):
+        # A rebinding `Host` or a caller outside --allow-client: "the request is not
+        # allowed" [N-03], as the EKS agent answers a wrong Host [K-08]. See imds.netguard.
+        return _respond(state, 403)
+    if request.body_exists:
+        # No IMDS request has a body [T-14]: refuse it unread and close, so nobody can
+        # hold a connection by trickling one in.
+        response = _respond(state, 400, p.BAD_REQUEST_BODY)
+        response.force_close()
+        return response
     path = request.path
     if path == p.TOKEN_PATH:
         return _token_endpoint(request, state)
@@ -122,25 +149,36 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # [A-03] IMDSv2 required: no token, empty 401.
         return _respond(state, 401)
 
-    found = lookup(state.tree, segments)
+    routes = state.routes
+    tree = state.tree if routes is None else routes.tree_for(request.remote)
+    found = lookup(tree, segments)
     if found is None:
         return _respond(state, 404, p.NOT_FOUND_BODY, headers=headers)
     return _respond(state, 200, found.body, content_type=found.content_type, headers=headers)
 
 
 async def _refuse_expect(request: web.Request) -> web.StreamResponse | None:
-    # [T-14] EC2 answers `Expect: 100-continue` with 417 instead of reading a body.
-    state = request.app[STATE]
-    raise web.HTTPExpectationFailed(headers=state.common_headers)
+    # [T-14] EC2 answers `Expect: 100-continue` with 417 instead of reading a body; the
+    # unread body makes the connection unusable, so it is closed whatever the setting.
+    response = _respond(request.app[STATE], 417)
+    response.force_close()
+    return response
 
 
 async def _rotation(app: web.Application) -> AsyncIterator[None]:
-    rotator = app[STATE].rotator
-    task = asyncio.create_task(rotator.run(), name="imds-rotation")
+    state = app[STATE]
+    # The server's own role, plus one rotator per other role of a role map.
+    rotators = {id(state.rotator): state.rotator}
+    if state.routes is not None:
+        rotators.update((id(r), r) for r in state.routes.rotators.values())
+    tasks = [asyncio.create_task(r.run(), name=f"imds-rotation-{r.source.role.name}")
+             for r in rotators.values()]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def make_app(
@@ -151,8 +189,13 @@ def make_app(
     clock: Callable[[], float],
     signer: TokenSigner | None = None,
     started: dt.datetime | None = None,
+    routes: Routes | None = None,
+    lab: Lab | None = None,
 ) -> web.Application:
-    """Build the metadata application around an already primed rotator."""
+    """
+    Build the metadata application around an already primed rotator; with a `lab`, the
+    handler runs inside the rotation lab's faults and counters (imds.lab).
+    """
     started = started or dt.datetime.now(dt.UTC)
     state = State(
         config=config,
@@ -166,9 +209,15 @@ def make_app(
             "Accept-Ranges": "none",
             "Last-Modified": format_datetime(started, usegmt=True),
         },
+        guard=Guard.of(config.allow_host, config.allow_client),
+        routes=routes,
     )
-    app = web.Application(handler_args={"max_field_size": 8190, "max_line_size": 8190})
+    # Header limits, timeouts and the connection cap are the server's (imds.httpd.Limits).
+    app = web.Application()
     app[STATE] = state
-    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=_refuse_expect)
+    handler = handle
+    if lab is not None:
+        handler = lab.wrap(handle, lambda status, body=p.EMPTY: _respond(state, status, body))
+    app.router.add_route("*", "/{tail:.*}", handler, expect_handler=_refuse_expect)
     app.cleanup_ctx.append(_rotation)
     return app

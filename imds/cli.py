@@ -1,5 +1,7 @@
 """
-The `imds` command: `serve` runs the metadata service, `config` prints what it would use.
+The `imds` command: `serve` runs the metadata service, `config` prints what it would use,
+`identity-cert` prints the certificate that verifies the identity document's signatures,
+`ctl` drives a running server's rotation lab (imds.ctl; exit 1 when the API refuses).
 
 Exit codes: 0 success, 2 bad usage or configuration, 3 the server could not start.
 """
@@ -11,6 +13,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from imds import config as cfg
 from imds.errors import ConfigError, StartupError
@@ -23,18 +26,34 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imds",
         description="A local EC2 instance metadata service (IMDSv2) with rotating credentials.",
+        # Abbreviations would let `--tag` silently mean `--tags`; only full names count.
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--config", dest="config_file", metavar="FILE",
                         help="TOML file of settings (env IMDS_CONFIG)")
     for option in cfg.OPTIONS:
+        extra: dict[str, Any] = {}
+        if option.repeated:
+            extra["action"] = "append"
+        elif option.is_flag:
+            # `--extended-credentials` alone means true; `--extended-credentials false` works.
+            extra.update(nargs="?", const="true")
         common.add_argument(option.flag, dest=option.key, metavar=option.metavar,
-                            help=f"{option.help} (env {option.env})")
+                            help=f"{option.help} (env {option.env})", **extra)
 
-    sub.add_parser("serve", parents=[common], help="run the metadata service")
-    sub.add_parser("config", parents=[common], help="print the effective configuration")
+    sub.add_parser("serve", parents=[common], allow_abbrev=False,
+                   help="run the metadata service")
+    sub.add_parser("config", parents=[common], allow_abbrev=False,
+                   help="print the effective configuration")
+    sub.add_parser("identity-cert", parents=[common], allow_abbrev=False,
+                   help="print the PEM certificate that verifies the instance identity "
+                        "signatures (created in the state dir if missing)")
+    from imds import ctl
+
+    ctl.add_parser(sub)
     return parser
 
 
@@ -46,6 +65,11 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> cfg.Con
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
     env = os.environ if environ is None else environ
+    if args.command == "ctl":
+        # A client of a running server: none of the server's settings apply.
+        from imds import ctl
+
+        return ctl.main(args, env)
     try:
         config = load_config(args, env)
     except ConfigError as exc:
@@ -55,6 +79,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "config":
         for key, value in cfg.describe(config):
             print(f"{key} = {value}")
+        return 0
+
+    if args.command == "identity-cert":
+        from imds.identity import load_or_create
+
+        try:
+            signer = load_or_create(config.state_dir)
+        except StartupError as exc:
+            print(f"imds: {exc}", file=sys.stderr)
+            return EXIT_STARTUP
+        sys.stdout.write(signer.certificate_pem.decode("ascii"))
         return 0
 
     from imds import logs

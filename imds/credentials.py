@@ -57,7 +57,10 @@ def _document(pairs: list[tuple[str, str]]) -> bytes:
 
 
 def credential_document(creds: Credentials, account_id: str | None = None) -> bytes:
-    """The body of `iam/security-credentials/<role>` [C-03]; `AccountId` for the extended API [X-01]."""
+    """
+    The body of `iam/security-credentials/<role>` [C-03], with `AccountId` for the
+    extended API [X-01].
+    """
     pairs = [
         # [C-08] Go v1/v2 and Rust reject the document without this exact Code.
         ("Code", "Success"),
@@ -82,6 +85,17 @@ def info_document(last_updated: dt.datetime, profile_arn: str, profile_id: str) 
             ("LastUpdated", iso8601(last_updated)),
             ("InstanceProfileArn", profile_arn),
             ("InstanceProfileId", profile_id),
+        ]
+    )
+
+
+def identity_info_document(last_updated: dt.datetime, account_id: str) -> bytes:
+    """The body of `identity-credentials/ec2/info` [M-06]."""
+    return _document(
+        [
+            ("Code", "Success"),
+            ("LastUpdated", iso8601(last_updated)),
+            ("AccountId", account_id),
         ]
     )
 

@@ -22,6 +22,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class DropRequestEcho(logging.Filter):
+    """
+    aiohttp logs a malformed request with a traceback that quotes the offending bytes,
+    which may include a token header. Keep the event, drop the echo.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure(level: str, fmt: str) -> None:
     """Send imds's and aiohttp's logs to stderr at `level`, as `text` or `json` lines."""
     handler = logging.StreamHandler(sys.stderr)
@@ -32,6 +48,7 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("aiohttp.server").addFilter(DropRequestEcho())
     # botocore at debug prints request headers and signed payloads; keep it quiet even
     # when imds itself is debugging, so no log line ever carries a credential.
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):

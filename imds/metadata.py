@@ -34,6 +34,9 @@ class Directory:
     # `/` and `/latest/` list their sub-directories bare (`meta-data`, not `meta-data/`)
     # [N-06] [N-07]; everything below marks them with a slash.
     mark_directories: bool = True
+    # How a child appears in the listing when not by its name: `public-keys/` lists
+    # `0=<key name>` for the child `0/` [M-07].
+    labels: dict[str, str] = field(default_factory=dict)
 
     def is_present(self) -> bool:
         return self.present is None or self.present()
@@ -46,7 +49,9 @@ class Directory:
         names = []
         for name in sorted(self.children):
             child = self.children[name]
-            if isinstance(child, Directory):
+            if name in self.labels:
+                names.append(self.labels[name])
+            elif isinstance(child, Directory):
                 if child.is_present():
                     names.append(name + "/" if self.mark_directories else name)
             elif child.read() is not None:

@@ -8,20 +8,32 @@ anything, so no request ever waits for a fetch and no SDK times out on a cold st
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from imds import httpd, rolemap
 from imds.app import make_app
 from imds.config import Config
-from imds.errors import SourceError, StartupError
-from imds.instance import build_tree
+from imds.control import (
+    Control,
+    load_or_create_token,
+    new_token,
+    remove_url,
+    start_control,
+    write_url,
+)
+from imds.errors import ConfigError, SourceError, StartupError
+from imds.instance import SimulatedInstance, resolve
+from imds.lab import Lab
+from imds.listen import endpoints, start_sites, urls
 from imds.rotation import Rotator
 from imds.sources import CredentialSource, LocalSource
 from imds.tokens import TokenSigner
@@ -29,6 +41,12 @@ from imds.tokens import TokenSigner
 
 def build_source(config: Config, clock: Callable[[], float]) -> CredentialSource:
     """The credential source the configuration asks for."""
+    if config.role_arn:
+        # Imported only when asked for: it brings boto3, which the embedded default
+        # never needs (startup there stays well under a second).
+        from imds.sources.sts import AssumeRoleSource
+
+        return AssumeRoleSource.from_config(config, clock)
     return LocalSource(config.role_name, config.account_id, config.credential_lifetime, clock)
 
 
@@ -41,8 +59,16 @@ class Running:
     rotator: Rotator
     signer: TokenSigner
     config: Config
+    # Every listening URL (several with --listen), and the per-caller roles (--role-map).
+    urls: list[str] = field(default_factory=list)
+    routes: rolemap.Routes | None = None
+    # The rotation lab (faults, counters, actions) and its control listener (imds.control).
+    lab: Lab | None = None
+    control: Control | None = None
 
     async def stop(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
         await self.runner.cleanup()
 
 
@@ -53,28 +79,60 @@ async def start(
     clock: Callable[[], float] = time.time,
 ) -> Running:
     """Fetch the first credentials, then bind and start accepting requests."""
-    source = source or build_source(config, clock)
+    # The instance id is fixed (saved in the state directory) before anything uses it.
+    config = resolve(config)
+    # The lab watches every source (simulated outages, fetch timing) and every rotator.
+    lab = Lab(clock)
+    source = lab.watch(source or build_source(config, clock))
     rotator = Rotator(source, refresh_ahead=config.refresh_ahead, clock=clock)
+    lab.attach(rotator, primary=True)
     try:
         await rotator.prime()
     except SourceError as exc:
         raise StartupError(f"could not get the first credentials for role "
                            f"{source.role.name}: {exc}") from exc
     started = dt.datetime.now(dt.UTC)
-    tree = build_tree(config, rotator, clock, started)
+    # Signed and minted once; every role's tree shares it (imds.instance).
+    instance = SimulatedInstance(config, clock, started)
+    tree = instance.tree(rotator)
+    routes = None
+    if config.role_map:
+        # Per-caller roles: one primed rotator and tree per role of the map (imds.rolemap).
+        try:
+            role_map = rolemap.read(config.role_map)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from exc
+        routes = await rolemap.start_routes(
+            config,
+            role_map,
+            default=(rotator, tree),
+            make_rotator=lambda role_config: Rotator(
+                lab.watch(build_source(role_config, clock)),
+                refresh_ahead=config.refresh_ahead, clock=clock),
+            make_tree=instance.tree,
+        )
+        for role_rotator in routes.rotators.values():
+            lab.attach(role_rotator)
     signer = TokenSigner(clock)
     app = make_app(config, tree=tree, rotator=rotator, clock=clock, signer=signer,
-                   started=started)
-    runner = web.AppRunner(app, access_log_format='%a "%r" %s %b %Tf', handle_signals=False)
+                   started=started, routes=routes, lab=lab)
+    # Connection cap, timeouts, header limits, EC2-shaped parse errors (imds.httpd).
+    runner = httpd.Runner(app, httpd.Limits.of(config))
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     try:
-        await site.start()
-    except OSError as exc:
+        await start_sites(runner, endpoints(config.listen, config.host, config.port))
+    except StartupError:
         await runner.cleanup()
-        raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") \
-            from exc
-    return Running(runner, _url(runner), rotator, signer, config)
+        raise
+    control = None
+    if config.control:
+        try:
+            control = await start_control(config, lab, config.control_token or new_token())
+        except StartupError:
+            await runner.cleanup()
+            raise
+    return Running(runner, _url(runner), rotator, signer, config, urls=urls(runner),
+                   routes=routes, lab=lab, control=control)
 
 
 def _url(runner: web.AppRunner) -> str:
@@ -85,11 +143,26 @@ def _url(runner: web.AppRunner) -> str:
 
 async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM, printing where the server listens."""
+    if config.control and not config.control_token:
+        # Kept in the state directory, where `imds ctl` looks for it.
+        config = dataclasses.replace(config, control_token=load_or_create_token(config.state_dir))
     running = await start(config)
     role = running.rotator.source.role
-    print(f"imds: listening on {running.url} (IMDSv2 {config.http_tokens})", flush=True)
+    print(f"imds: listening on {', '.join(running.urls)} (IMDSv2 {config.http_tokens})",
+          flush=True)
+    control = running.control
+    if control is not None:
+        write_url(running.config.state_dir, control.url)
+        print(f"imds: control API, /metrics and timeline on {control.url}/ "
+              "(token: imds ctl url)", flush=True)
     print(f"imds: serving role {role.name} from {running.rotator.source.describe()}",
           flush=True)
+    if running.routes is not None:
+        for network, name in running.routes.role_map.clients:
+            print(f"imds: callers in {network} get role {name}", flush=True)
+        unmapped = running.routes.role_map.unmapped
+        others = f"role {role.name}" if unmapped == rolemap.DEFAULT_ROLE else "no role"
+        print(f"imds: other callers get {others}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -97,7 +170,10 @@ async def serve(config: Config) -> None:
     try:
         await stop.wait()
     finally:
-        print("imds: shutting down", file=sys.stderr, flush=True)
+        # A log line (JSON with --log-format json), so stderr stays one event a line.
+        logging.getLogger("imds.server").info("shutting down")
+        if control is not None:
+            remove_url(running.config.state_dir, control.url)
         await running.stop()
 
 

@@ -15,7 +15,9 @@ from imds.server import Running, ServerThread, start
 
 
 @pytest.fixture(autouse=True)
-def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def clean_aws_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Every test starts with no AWS or IMDS settings and empty AWS config files."""
     for name in list(os.environ):
         if name.startswith(("AWS_", "IMDS_")):
@@ -25,11 +27,23 @@ def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     (empty / "credentials").write_text("")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
+    # One state directory (identity key, instance id) for the whole session, never the
+    # user's ~/.local/state/imds; subprocesses inherit it. Tests about the state directory
+    # itself pass their own `state_dir`.
+    monkeypatch.setenv("IMDS_STATE_DIR", str(tmp_path_factory.getbasetemp() / "imds-state"))
 
 
 def make_config(**settings: Any) -> Config:
-    """A config on a free loopback port, with `settings` given as if on the command line."""
-    cli = {"port": "0", **{k: str(v) for k, v in settings.items()}}
+    """
+    A config on a free loopback port, with `settings` given as if on the command line
+    (a list for a repeatable option: `tags=["a=1", "b=2"]`).
+    """
+    cli = {
+        "port": "0",
+        "state_dir": os.environ.get("IMDS_STATE_DIR"),
+        **{k: [str(i) for i in v] if isinstance(v, list | tuple) else str(v)
+           for k, v in settings.items()},
+    }
     return load(cli, {})
 
 
@@ -84,6 +98,23 @@ def imds_thread() -> Iterator[Callable[..., Running]]:
     yield factory
     for thread in reversed(threads):
         thread.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """
+    A real STS-compatible server (moto in server mode) on a loopback port, for the session.
+
+    moto accepts any well-formed signature, so it also serves as "an AWS API" that clients
+    holding locally minted credentials can call.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    port = server._server.server_port  # type: ignore[union-attr]  # published once bound
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
 
 
 @pytest.fixture

@@ -57,6 +57,13 @@ class LocalSource:
         return f"locally minted credentials, {self._lifetime:g}s lifetime"
 
     async def fetch(self) -> Credentials:
+        return self.mint()
+
+    def mint(self) -> Credentials:
+        """
+        One new set, synchronously (it needs no I/O), so the instance identity credentials
+        [M-06] can mint outside a coroutine.
+        """
         # Whole seconds: [C-09] timestamps carry no fraction, so issue and expiry must
         # agree with what the document will say.
         now = int(self._clock())

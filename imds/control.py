@@ -1,0 +1,296 @@
+"""
+The control API of the rotation lab, on its own listener (default 127.0.0.1:1339).
+
+It never shares the metadata listener: a workload that can reach IMDS must not be able
+to rotate, revoke or break it. Every endpoint but the timeline page itself needs
+`Authorization: Bearer <token>`. The page is static (it holds no data) and reads the
+token from its URL *fragment* (`/#token=…`): browsers never send a fragment to the
+server, so the token stays out of access logs, `Referer` headers and proxies, and since
+it travels in a header that browsers never add on their own, another site cannot make
+the browser call the API with it (no CSRF, unlike a cookie).
+
+    GET    /                      the live timeline (HTML, also /timeline)
+    GET    /api/status            state, history, faults, client fetches (JSON)
+    POST   /api/rotate            new credentials now            {"role"?}
+    POST   /api/expire            serve the current keys as expired [L-04]   {"role"?}
+    POST   /api/revoke            stop serving the current keys [C-06]       {"role"?}
+    POST   /api/settings          {"lifetime"?, "refresh_ahead"?, "role"?}
+    GET    /api/faults            active faults
+    POST   /api/faults            inject one (imds.faults.FaultSpec as JSON)
+    DELETE /api/faults[/{id}]     clear all, or one
+    GET    /metrics               Prometheus text
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.resources
+import json
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from imds import metrics
+from imds.config import Config
+from imds.errors import StartupError
+from imds.faults import FaultError, FaultSpec
+from imds.lab import Lab, LabError
+
+log = logging.getLogger("imds.control")
+
+LAB = web.AppKey("lab", Lab)
+TOKEN = web.AppKey("token", str)
+PAGE = web.AppKey("page", bytes)
+
+TOKEN_FILE = "control-token"
+URL_FILE = "control-url"
+_PUBLIC = frozenset({"/", "/timeline"})
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    # The page is self-contained: inline script and style, data from this origin only.
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+                               "style-src 'unsafe-inline'; connect-src 'self'; "
+                               "frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def load_or_create_token(state_dir: str) -> str:
+    """
+    The control token kept in the state directory, created (mode 0600) on first use, so
+    `imds ctl` finds it and it survives restarts.
+    """
+    directory = Path(state_dir)
+    path = directory / TOKEN_FILE
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(new_token())
+        token = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"control token {str(path)!r}: {exc}") from exc
+    if not token:
+        raise StartupError(f"control token {str(path)!r} is empty; delete it to get a new one")
+    return token
+
+
+def write_url(state_dir: str, url: str) -> None:
+    """Publish where the control API listens, for `imds ctl` (written aside, then moved)."""
+    path = Path(state_dir) / URL_FILE
+    temp = path.with_name(f".{URL_FILE}.{secrets.token_hex(4)}")
+    try:
+        temp.write_text(url + "\n", encoding="ascii")
+        temp.replace(path)
+    except OSError as exc:
+        # Not fatal: `imds ctl --control-url` still reaches the server.
+        log.warning("could not publish the control URL in %s: %s", path, exc.strerror or exc)
+
+
+def remove_url(state_dir: str, url: str) -> None:
+    """Withdraw the published URL if it is still ours (another server may have replaced it)."""
+    path = Path(state_dir) / URL_FILE
+    try:
+        if path.read_text(encoding="ascii").strip() == url:
+            path.unlink()
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------- app
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=1))
+
+
+def _error(message: str, status: int) -> web.Response:
+    return _json({"error": message}, status)
+
+
+@web.middleware
+async def _auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path in _PUBLIC and request.method == "GET":
+        return await handler(request)
+    given = request.headers.get("Authorization", "")
+    scheme, _, token = given.partition(" ")
+    expected = request.app[TOKEN]
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    ):
+        log.warning("control: refused %s %s from %s (%s token)", request.method,
+                    request.path, request.remote, "wrong" if given else "no")
+        response = _error("a bearer token is required (imds ctl reads it from the state "
+                          "directory)", 401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="imds"'
+        return response
+    try:
+        return await handler(request)
+    except LabError as exc:
+        return _error(str(exc), exc.status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError:
+        raise LabError("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise LabError("the body must be a JSON object")
+    return data
+
+
+def _role(data: dict[str, Any]) -> str | None:
+    role = data.get("role")
+    if role is not None and not isinstance(role, str):
+        raise LabError("role: expected a role name")
+    return role
+
+
+def _seconds(data: dict[str, Any], key: str, low: int, high: int) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not low <= value <= high:
+        raise LabError(f"{key}: expected seconds in {low}..{high}, got {value!r}")
+    return value
+
+
+async def _page(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[PAGE], content_type="text/html", charset="utf-8",
+                        headers=_PAGE_HEADERS)
+
+
+async def _status(request: web.Request) -> web.Response:
+    return _json(request.app[LAB].status())
+
+
+async def _rotate(request: web.Request) -> web.Response:
+    lab = request.app[LAB]
+    data = await _body(request)
+    rendered = await lab.rotate(_role(data))
+    creds = rendered.credentials
+    return _json({"role": lab.rotator(_role(data)).source.role.name, "key": creds.key_hint,
+                  "issued": creds.issued.timestamp(), "expires": rendered.expires_at})
+
+
+async def _expire(request: web.Request) -> web.Response:
+    data = await _body(request)
+    return _json(request.app[LAB].expire(_role(data)).describe(), 201)
+
+
+async def _revoke(request: web.Request) -> web.Response:
+    data = await _body(request)
+    return _json(request.app[LAB].revoke(_role(data)).describe(), 201)
+
+
+async def _settings(request: web.Request) -> web.Response:
+    data = await _body(request)
+    unknown = set(data) - {"lifetime", "refresh_ahead", "role"}
+    if unknown:
+        raise LabError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    lifetime = _seconds(data, "lifetime", 1, 43200)
+    ahead = _seconds(data, "refresh_ahead", 0, 21600)
+    return _json(request.app[LAB].settings(lifetime=lifetime, refresh_ahead=ahead,
+                                           role=_role(data)))
+
+
+async def _faults(request: web.Request) -> web.Response:
+    return _json([f.describe() for f in request.app[LAB].faults.active])
+
+
+async def _add_fault(request: web.Request) -> web.Response:
+    data = await _body(request)
+    try:
+        spec = FaultSpec.parse(data)
+    except FaultError as exc:
+        raise LabError(str(exc)) from None
+    return _json(request.app[LAB].add_fault(spec).describe(), 201)
+
+
+async def _clear_faults(request: web.Request) -> web.Response:
+    return _json({"cleared": request.app[LAB].faults.clear()})
+
+
+async def _clear_fault(request: web.Request) -> web.Response:
+    faults = request.app[LAB].faults
+    fault = faults.get(request.match_info["id"])
+    if fault is None:
+        raise LabError(f"no fault {request.match_info['id']!r}", 404)
+    faults.end(fault, "cleared")
+    return _json(fault.describe())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=metrics.render(request.app[LAB]))
+    response.headers["Content-Type"] = metrics.CONTENT_TYPE
+    return response
+
+
+def make_control_app(lab: Lab, token: str) -> web.Application:
+    app = web.Application(middlewares=[_auth])
+    app[LAB] = lab
+    app[TOKEN] = token
+    app[PAGE] = importlib.resources.files("imds").joinpath("timeline.html").read_bytes()
+    app.router.add_get("/", _page)
+    app.router.add_get("/timeline", _page)
+    app.router.add_get("/api/status", _status)
+    app.router.add_post("/api/rotate", _rotate)
+    app.router.add_post("/api/expire", _expire)
+    app.router.add_post("/api/revoke", _revoke)
+    app.router.add_post("/api/settings", _settings)
+    app.router.add_get("/api/faults", _faults)
+    app.router.add_post("/api/faults", _add_fault)
+    app.router.add_delete("/api/faults", _clear_faults)
+    app.router.add_delete("/api/faults/{id}", _clear_fault)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+@dataclass
+class Control:
+    """The running control listener."""
+
+    runner: web.AppRunner
+    url: str
+    token: str = field(default="", repr=False)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_control(config: Config, lab: Lab, token: str) -> Control:
+    """Bind the control listener; a busy port is a startup error, like the metadata one."""
+    # Polled every second by the timeline page: no access log (it would drown the rest).
+    runner = web.AppRunner(make_control_app(lab, token), access_log=None,
+                           handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.control_host, config.control_port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"control API: cannot listen on {config.control_host}:"
+                           f"{config.control_port}: {exc.strerror or exc}") from exc
+    host, port = runner.addresses[0][:2]
+    shown = f"[{host}]" if ":" in host else host
+    return Control(runner, f"http://{shown}:{port}", token)

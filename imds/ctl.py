@@ -1,0 +1,259 @@
+"""
+`imds ctl`: drive a running server's rotation lab from the shell.
+
+It finds the control API the way `imds serve` publishes it: `--control-url` /
+`IMDS_CONTROL_URL`, else the `control-url` file in the state directory, else
+http://127.0.0.1:1339; and the token from `--control-token` / `IMDS_CONTROL_TOKEN`, else
+the state directory's `control-token` file (`--state-dir` / `IMDS_STATE_DIR` / the
+default). Plain `urllib`, no proxy: a CLI call needs no event loop, and the control API
+is on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from imds.config import CONTROL_PORT
+from imds.control import TOKEN_FILE, URL_FILE
+from imds.faults import KINDS
+from imds.instance_settings import default_state_dir
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CtlError(Exception):
+    """Raised when the control API cannot be reached or refuses a request."""
+
+
+class ControlClient:
+    """A small synchronous client of the control API (JSON in, JSON out)."""
+
+    def __init__(self, url: str, token: str, timeout: float = 10.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise CtlError(f"control URL must be http(s)://…, got {url!r}")
+        self.url = url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        # Loopback: an http_proxy in the environment must not get the bearer token.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
+            self.url + path, data=data, method=method,
+            headers={"Authorization": f"Bearer {self._token}",
+                     "Content-Type": "application/json"},
+        )
+        try:
+            with self._opener.open(request, timeout=self._timeout) as response:
+                raw = response.read()
+                kind = response.headers.get_content_type()
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except ValueError:
+                message = exc.reason
+            raise CtlError(f"{method} {path}: {exc.code} {message}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CtlError(f"cannot reach the control API at {self.url}: {reason} "
+                           "(is `imds serve` running? see --control-url)") from None
+        return json.loads(raw) if kind == "application/json" else raw.decode()
+
+    def status(self) -> dict[str, Any]:
+        return self.request("GET", "/api/status")  # type: ignore[no-any-return]
+
+    def rotate(self, role: str | None = None) -> dict[str, Any]:
+        return self.request("POST", "/api/rotate", _role(role))  # type: ignore[no-any-return]
+
+    def expire(self, role: str | None = None) -> dict[str, Any]:
+        return self.request("POST", "/api/expire", _role(role))  # type: ignore[no-any-return]
+
+    def revoke(self, role: str | None = None) -> dict[str, Any]:
+        return self.request("POST", "/api/revoke", _role(role))  # type: ignore[no-any-return]
+
+    def settings(self, **values: Any) -> dict[str, Any]:
+        body = {k: v for k, v in values.items() if v is not None}
+        return self.request("POST", "/api/settings", body)  # type: ignore[no-any-return]
+
+    def add_fault(self, **spec: Any) -> dict[str, Any]:
+        body = {k: v for k, v in spec.items() if v not in (None, [], ())}
+        return self.request("POST", "/api/faults", body)  # type: ignore[no-any-return]
+
+    def faults(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/api/faults")  # type: ignore[no-any-return]
+
+    def clear_faults(self, fault_id: str | None = None) -> Any:
+        return self.request("DELETE", "/api/faults" + (f"/{fault_id}" if fault_id else ""))
+
+    def metrics(self) -> str:
+        return self.request("GET", "/metrics")  # type: ignore[no-any-return]
+
+
+def _role(role: str | None) -> dict[str, Any]:
+    return {"role": role} if role else {}
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def client_from(args: argparse.Namespace, environ: Mapping[str, str]) -> ControlClient:
+    state = Path(args.state_dir or environ.get("IMDS_STATE_DIR") or default_state_dir(environ))
+    url = (args.control_url or environ.get("IMDS_CONTROL_URL") or _read(state / URL_FILE)
+           or f"http://127.0.0.1:{CONTROL_PORT}")
+    token = args.control_token or environ.get("IMDS_CONTROL_TOKEN") or _read(state / TOKEN_FILE)
+    if not token:
+        raise CtlError(f"no control token: give --control-token or IMDS_CONTROL_TOKEN, or "
+                       f"point --state-dir at the server's ({state / TOKEN_FILE} is missing)")
+    return ControlClient(url, token)
+
+
+def add_parser(sub: Any) -> None:
+    """The `ctl` subcommand and its own subcommands, on the `imds` parser."""
+    ctl = sub.add_parser("ctl", help="drive a running server: rotate, expire, revoke, "
+                                     "inject faults, show status")
+    ctl.add_argument("--control-url", metavar="URL", help="env IMDS_CONTROL_URL; default: "
+                     "state_dir/control-url, else http://127.0.0.1:1339")
+    ctl.add_argument("--control-token", metavar="TOKEN",
+                     help="env IMDS_CONTROL_TOKEN; default: state_dir/control-token")
+    ctl.add_argument("--state-dir", metavar="DIR", help="the server's state directory "
+                     "(env IMDS_STATE_DIR)")
+    ctl.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    actions = ctl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("status", help="credentials, next rotation, faults, recent fetches")
+    for name, text in (("rotate", "new credentials now"),
+                       ("expire", "serve the current keys as already expired (L-04) "
+                                  "until the next rotation"),
+                       ("revoke", "stop serving the current keys (C-06) until the next "
+                                  "rotation")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--role", help="a role of --role-map (default: the server's)")
+    settings = actions.add_parser("set", help="change lifetime and refresh-ahead now")
+    settings.add_argument("--lifetime", type=int, metavar="SECONDS",
+                          help="lifetime of the next credentials (local source)")
+    settings.add_argument("--refresh-ahead", type=int, metavar="SECONDS")
+    settings.add_argument("--role")
+    fault = actions.add_parser(
+        "fault", help="inject a fault (KIND), or `fault list`, `fault clear [--id ID]`")
+    fault.add_argument("kind", choices=(*KINDS, "list", "clear"), metavar="KIND",
+                       help=f"one of {', '.join(KINDS)}; or list, clear")
+    fault.add_argument("--path", action="append", default=[], metavar="PATH",
+                       help="a path prefix or glob (`*` crosses /); repeatable; default all")
+    fault.add_argument("--count", type=int, help="affect this many requests (fetches)")
+    fault.add_argument("--duration", type=float, metavar="SECONDS", help="last this long")
+    fault.add_argument("--status", type=int, help="status: default 503; token: 403|404|405")
+    fault.add_argument("--delay", type=float, metavar="SECONDS", help="latency: default 2")
+    fault.add_argument("--mode", help="drop: reset|close; body: empty|truncated")
+    fault.add_argument("--id", help="with clear: only this fault")
+    actions.add_parser("url", help="print the timeline page's URL, with the token")
+    actions.add_parser("metrics", help="print /metrics")
+
+
+def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    try:
+        client = client_from(args, environ)
+        result = _dispatch(client, args)
+    except CtlError as exc:
+        print(f"imds ctl: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if isinstance(result, str):
+        sys.stdout.write(result if result.endswith("\n") else result + "\n")
+    elif args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(_human(args.action, result))
+    return 0
+
+
+def _dispatch(client: ControlClient, args: argparse.Namespace) -> Any:
+    action = args.action
+    if action == "status":
+        return client.status()
+    if action in ("rotate", "expire", "revoke"):
+        return getattr(client, action)(args.role)
+    if action == "set":
+        if args.lifetime is None and args.refresh_ahead is None:
+            raise CtlError("set: give --lifetime and/or --refresh-ahead")
+        return client.settings(lifetime=args.lifetime, refresh_ahead=args.refresh_ahead,
+                               role=args.role)
+    if action == "fault":
+        if args.kind == "list":
+            return client.faults()
+        if args.kind == "clear":
+            return client.clear_faults(args.id)
+        return client.add_fault(kind=args.kind, paths=args.path, count=args.count,
+                                duration=args.duration, status=args.status,
+                                delay=args.delay, mode=args.mode)
+    if action == "url":
+        return f"{client.url}/#token={client._token}"
+    return client.metrics()
+
+
+def _when(at: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at)) if at else "-"
+
+
+def _fault_line(f: Mapping[str, Any]) -> str:
+    what = " ".join(str(x) for x in (f["kind"], f.get("status", ""), f.get("mode", ""),
+                                     f"{f['delay']}s" if "delay" in f else "") if x)
+    where = " ".join(f["paths"]) or (f"key {f['key']}" if f.get("key") else "")
+    if f.get("ended"):
+        left = f"ended ({f['end_reason']})"
+    elif f.get("remaining") is not None:
+        left = f"{f['remaining']} left"
+    elif f.get("until"):
+        left = f"until {_when(f['until'])}"
+    else:
+        left = "until cleared" if not f.get("key") else "until the next rotation"
+    return f"{f['id']}  {what}  {where}  {left}, {f['hits']} hit(s)".replace("    ", "  ")
+
+
+def _human(action: str, result: Any) -> str:
+    if action == "status":
+        lines = []
+        for role in result["roles"].values():
+            lines.append(f"role {role['role']}: {role['source']}")
+            cur = role["current"]
+            if cur:
+                lines.append(f"  key {cur['key']}  {cur['state']}  issued {_when(cur['issued'])}"
+                             f"  expires {_when(cur['expires'])} ({cur['seconds_left']:.0f}s "
+                             "left)")
+            lines.append(f"  next rotation {_when(role['next_rotation'])}, refresh-ahead "
+                         f"{role['refresh_ahead']}s"
+                         + (f", lifetime {role['lifetime']}s" if role["lifetime"] else ""))
+        faults = result["faults"]
+        lines.append("faults: " + ("none" if not faults else ""))
+        lines += [f"  {_fault_line(f)}" for f in faults]
+        fetches = result["fetches"][-5:]
+        if fetches:
+            lines.append("recent credential fetches:")
+            lines += [f"  {_when(f['at'])}  {f['client']}  {f['role']}  {f['key'] or 'no key'}"
+                      + (f"  ({f['fault']})" if f["fault"] else "") for f in fetches]
+        return "\n".join(lines)
+    if action == "rotate":
+        return f"rotated {result['role']}: key {result['key']} until {_when(result['expires'])}"
+    if action in ("expire", "revoke") or (action == "fault" and "kind" in result):
+        return _fault_line(result)
+    if action == "fault" and isinstance(result, list):
+        return "\n".join(_fault_line(f) for f in result) or "no active faults"
+    if action == "fault":
+        return f"cleared {result.get('cleared', result.get('id'))}"
+    if action == "set":
+        cur = result["current"] or {}
+        return (f"{result['role']}: lifetime {result['lifetime']}s, refresh-ahead "
+                f"{result['refresh_ahead']}s; next rotation {_when(result['next_rotation'])}"
+                + (f" (key {cur['key']})" if cur else ""))
+    return json.dumps(result, indent=2)

@@ -1,0 +1,442 @@
+"""
+Faults injected on purpose, so a client can be tested against a broken IMDS [§15 item 9].
+
+    kind      what the client sees                                   why it matters
+    status    an error status (429 by default 503) on chosen paths  [P-03] [P-04] [S-GO-04]
+    latency   the answer, late                                      SDK timeouts [S-PY-06] [S-GO-04]
+    drop      the connection closed without an answer, FIN or RST   [T-22] [P-02]
+    token     the token PUT answers 403, 404 or 405                 IMDSv1 fallback [S-PY-02]
+                                                                     [S-GO-02] [S-JS-02]
+    source    nothing yet: the credential source (STS) fails, so    the rotator keeps the current
+              the rotator cannot replace credentials                 credentials and backs off
+    expired   the current keys with an `Expiration` already past    static stability [L-04]
+    revoked   EC2's "cannot assume the role" document, no keys      [C-06]
+    body      200 with an empty or truncated body                   [S-PY-04] [S-JS-11]
+
+A fault lasts for a number of requests (`count`), a number of seconds (`duration`), both
+(whichever ends first), or until it is cleared. `expire` and `revoke` in the control API
+are `expired` and `revoked` faults *bound* to the current credentials: they end when the
+rotator replaces them.
+
+The request path pays only while a fault is active: the handler reads `Faults.active`,
+an empty tuple otherwise. Everything here runs on the server's event loop, so the
+registry needs no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fnmatch
+import http
+import itertools
+import logging
+import re
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from imds import protocol as p
+from imds.credentials import Rendered, credential_document, unauthorized_document
+from imds.protocol import from_epoch
+
+log = logging.getLogger("imds.faults")
+
+# Faults answered before the request is handled (they stand for the network or a
+# throttle in front of IMDS), and faults that rewrite what IMDS would have answered.
+BEFORE = frozenset({"status", "latency", "drop", "token"})
+AFTER = frozenset({"expired", "revoked", "body"})
+KINDS = (*sorted(BEFORE), "source", *sorted(AFTER))
+# These have a fixed target; paths do not apply to them.
+FIXED_TARGET = frozenset({"token", "source", "expired", "revoked"})
+
+DROP_MODES = ("reset", "close")
+BODY_MODES = ("empty", "truncated")
+# [T-19] the statuses SDKs read as "IMDSv2 is not available here".
+TOKEN_STATUSES = (403, 404, 405)
+MAX_DELAY = 300.0
+
+Respond = Callable[..., web.StreamResponse]
+
+
+class FaultError(ValueError):
+    """Raised when a fault specification is invalid; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """What to break, where and for how long; `FaultSpec.parse` checks a JSON object."""
+
+    kind: str
+    paths: tuple[str, ...] = ()
+    count: int | None = None
+    duration: float | None = None
+    status: int | None = None
+    delay: float | None = None
+    mode: str | None = None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> FaultSpec:
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise FaultError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        kind = data.get("kind")
+        if kind not in KINDS:
+            raise FaultError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+        raw_paths = data.get("paths") or ()
+        if isinstance(raw_paths, str):
+            raw_paths = (raw_paths,)
+        if not isinstance(raw_paths, list | tuple) or not all(
+            isinstance(x, str) and x.startswith("/") for x in raw_paths
+        ):
+            raise FaultError("paths: expected paths or globs starting with '/'")
+        if raw_paths and kind in FIXED_TARGET:
+            raise FaultError(f"paths: a {kind} fault has a fixed target; give no paths")
+        spec = cls(
+            kind=kind,
+            paths=tuple(raw_paths),
+            count=_number(data, "count", int, 1, 1_000_000),
+            duration=_number(data, "duration", float, 0.001, 86_400.0),
+            status=_number(data, "status", int, 400, 599),
+            delay=_number(data, "delay", float, 0.0, MAX_DELAY),
+            mode=data.get("mode"),
+        )
+        return spec._checked()
+
+    def _checked(self) -> FaultSpec:
+        kind, changes = self.kind, {}
+        if kind in ("status", "token"):
+            default = 503 if kind == "status" else 404
+            status = self.status if self.status is not None else default
+            if kind == "token" and status not in TOKEN_STATUSES:
+                raise FaultError(f"status: a token fault answers 403, 404 or 405, got {status}")
+            changes["status"] = status
+        elif self.status is not None:
+            raise FaultError(f"status: does not apply to a {kind} fault")
+        if kind == "latency":
+            changes["delay"] = self.delay if self.delay is not None else 2.0
+        elif self.delay is not None:
+            raise FaultError(f"delay: does not apply to a {kind} fault")
+        modes = {"drop": DROP_MODES, "body": BODY_MODES}.get(kind)
+        if modes is not None:
+            mode = self.mode or modes[0]
+            if mode not in modes:
+                raise FaultError(f"mode: expected one of {', '.join(modes)}, got {mode!r}")
+            changes["mode"] = mode
+        elif self.mode is not None:
+            raise FaultError(f"mode: does not apply to a {kind} fault")
+        return dataclasses.replace(self, **changes)
+
+
+def _number(data: Mapping[str, Any], key: str, kind: type, low: float, high: float) -> Any:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise FaultError(f"{key}: expected a number, got {value!r}")
+    try:
+        number = kind(value)
+    except ValueError:
+        raise FaultError(f"{key}: expected a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise FaultError(f"{key}: expected {low:g}..{high:g}, got {value!r}")
+    return number
+
+
+def _matcher(pattern: str) -> Callable[[str], bool]:
+    """A glob when the pattern has glob characters (`*` crosses `/`), else a prefix."""
+    if any(c in pattern for c in "*?["):
+        return re.compile(fnmatch.translate(pattern)).match  # type: ignore[return-value]
+    return lambda path: path.startswith(pattern)
+
+
+# [R-10] error bodies as EC2 sends them: empty for 401/403 [A-03] [T-09], XHTML otherwise.
+_BODIES = {
+    400: p.BAD_REQUEST_BODY, 401: p.EMPTY, 403: p.EMPTY, 404: p.NOT_FOUND_BODY,
+    405: p.METHOD_NOT_ALLOWED_BODY,
+}
+
+
+def error_body(status: int) -> bytes:
+    body = _BODIES.get(status)
+    if body is None:
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        body = p._xhtml(f"{status} - {phrase}")  # EC2's one error page [R-06]
+    return body
+
+
+class Fault:
+    """One active (or ended) fault: its spec, its budget and what it has done."""
+
+    def __init__(self, fault_id: str, spec: FaultSpec, now: float,
+                 bound: tuple[Any, Rendered] | None) -> None:
+        self.id = fault_id
+        self.spec = spec
+        self.kind = spec.kind
+        self.created = now
+        self.until = now + spec.duration if spec.duration is not None else None
+        self.remaining = spec.count
+        self.hits = 0
+        # (rotator, generation): the fault ends when the rotator moves past it.
+        self.bound = bound
+        self.ended: float | None = None
+        self.end_reason = ""
+        self._matchers = tuple(_matcher(x) for x in spec.paths)
+        self._rendered: dict[tuple[int, bool], bytes] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def matches(self, path: str) -> bool:
+        return not self._matchers or any(m(path) for m in self._matchers)
+
+    def expired_document(self, current: Rendered, extended: bool, account_id: str) -> bytes:
+        """
+        The current keys stating an `Expiration` already past [L-04]: the moment the fault
+        began (never before the keys were issued), or their own if that came first.
+        """
+        key = (id(current), extended)
+        body = self._rendered.get(key)
+        if body is None:
+            creds = current.credentials
+            stated = min(creds.expiration, max(creds.issued, from_epoch(self.created)))
+            body = credential_document(dataclasses.replace(creds, expiration=stated),
+                                       account_id if extended else None)
+            self._rendered = {key: body}  # one generation at a time
+        return body
+
+    def describe(self) -> dict[str, Any]:
+        spec = self.spec
+        out: dict[str, Any] = {
+            "id": self.id, "kind": self.kind, "paths": list(spec.paths), "created": self.created,
+            "until": self.until, "count": spec.count, "remaining": self.remaining,
+            "hits": self.hits, "ended": self.ended, "end_reason": self.end_reason,
+        }
+        for name in ("status", "delay", "mode"):
+            value = getattr(spec, name)
+            if value is not None:
+                out[name] = value
+        if self.bound is not None:
+            rotator, generation = self.bound
+            out["role"] = rotator.source.role.name
+            out["key"] = generation.credentials.key_hint
+        return out
+
+    def summary(self) -> str:
+        spec = self.spec
+        parts = [self.kind]
+        if spec.status is not None:
+            parts.append(str(spec.status))
+        if spec.delay is not None:
+            parts.append(f"{spec.delay:g}s")
+        if spec.mode is not None:
+            parts.append(spec.mode)
+        if spec.paths:
+            parts.append("on " + ",".join(spec.paths))
+        if self.bound is not None:
+            parts.append(f"for key {self.bound[1].credentials.key_hint}")
+        if spec.count is not None:
+            parts.append(f"count {spec.count}")
+        if spec.duration is not None:
+            parts.append(f"for {spec.duration:g}s")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialPath:
+    """A request for one role's credential document."""
+
+    role: str
+    extended: bool
+
+
+def credential_path(path: str) -> CredentialPath | None:
+    """`/<version>/meta-data/iam/security-credentials[-extended]/<role>` [C-03] [X-01]."""
+    parts = [s for s in path.split("/") if s]
+    if len(parts) != 5 or parts[1:3] != ["meta-data", "iam"]:
+        return None
+    if parts[3] == "security-credentials":
+        return CredentialPath(parts[4], False)
+    if parts[3] == "security-credentials-extended":
+        return CredentialPath(parts[4], True)
+    return None
+
+
+class Faults:
+    """The registry: active faults by phase, a bounded history, timers for durations."""
+
+    def __init__(self, clock: Callable[[], float], history: int = 200) -> None:
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self._all: list[Fault] = []
+        # Read on every request: empty tuples when nothing is injected.
+        self.active: tuple[Fault, ...] = ()
+        self.before: tuple[Fault, ...] = ()
+        self.after: tuple[Fault, ...] = ()
+        self.source: tuple[Fault, ...] = ()
+        self.history: deque[Fault] = deque(maxlen=history)
+        self.listeners: list[Callable[[str, Fault], None]] = []
+
+    # ------------------------------------------------------------------ registry
+
+    def add(self, spec: FaultSpec, *, bound: tuple[Any, Rendered] | None = None) -> Fault:
+        fault = Fault(f"f{next(self._ids)}", spec, self._clock(), bound)
+        if spec.duration is not None:
+            loop = asyncio.get_running_loop()
+            fault._timer = loop.call_later(spec.duration, self.end, fault, "duration")
+        self._all.append(fault)
+        self.history.append(fault)
+        self._rebuild()
+        log.info("fault %s added: %s", fault.id, fault.summary())
+        self._notify("added", fault)
+        return fault
+
+    def get(self, fault_id: str) -> Fault | None:
+        return next((f for f in self.history if f.id == fault_id), None)
+
+    def end(self, fault: Fault, reason: str) -> None:
+        if fault.ended is not None:
+            return
+        fault.ended = self._clock()
+        fault.end_reason = reason
+        if fault._timer is not None:
+            fault._timer.cancel()
+        self._all.remove(fault)
+        self._rebuild()
+        log.info("fault %s ended (%s) after %d hit(s)", fault.id, reason, fault.hits)
+        self._notify("ended", fault)
+
+    def clear(self) -> int:
+        faults = list(self._all)
+        for fault in faults:
+            self.end(fault, "cleared")
+        return len(faults)
+
+    def rotated(self, rotator: Any) -> None:
+        """End the faults bound to credentials `rotator` no longer serves."""
+        for fault in list(self._all):
+            if fault.bound is not None and fault.bound[0] is rotator \
+                    and rotator.current is not fault.bound[1]:
+                self.end(fault, "rotated")
+
+    def _rebuild(self) -> None:
+        faults = tuple(self._all)
+        self.active = faults
+        self.before = tuple(f for f in faults if f.kind in BEFORE)
+        self.after = tuple(f for f in faults if f.kind in AFTER)
+        self.source = tuple(f for f in faults if f.kind == "source")
+
+    def _notify(self, what: str, fault: Fault) -> None:
+        for listener in self.listeners:
+            listener(what, fault)
+
+    def _use(self, fault: Fault) -> None:
+        fault.hits += 1
+        if fault.remaining is not None:
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                self.end(fault, "count")
+
+    def _live(self, fault: Fault) -> bool:
+        # The timer ends a fault on the loop's clock; this covers an injected clock that
+        # runs ahead of it.
+        if fault.until is not None and self._clock() >= fault.until:
+            self.end(fault, "duration")
+            return False
+        return fault.ended is None
+
+    # ------------------------------------------------------------------ applying
+
+    def source_failure(self) -> Fault | None:
+        """The source fault that fails this fetch, if any (spending one of its count)."""
+        for fault in self.source:
+            if self._live(fault):
+                self._use(fault)
+                return fault
+        return None
+
+    async def apply_before(
+        self, request: web.BaseRequest, respond: Respond
+    ) -> web.StreamResponse | None:
+        """An answer that replaces the real one, or None to handle the request (maybe late)."""
+        path = request.path
+        for fault in self.before:
+            kind = fault.kind
+            if kind == "token":
+                if path != p.TOKEN_PATH or request.method != "PUT":
+                    continue
+            elif not fault.matches(path):
+                continue
+            if not self._live(fault):
+                continue
+            self._use(fault)
+            spec = fault.spec
+            if kind == "latency":
+                await asyncio.sleep(spec.delay or 0.0)
+                continue
+            if kind == "drop":
+                _drop(request, spec.mode or "reset")
+                # Nothing reaches the client: writing to the closed transport fails and
+                # aiohttp treats it as the client gone.
+                return respond(500)
+            status = spec.status or 503
+            return respond(status, error_body(status))
+        return None
+
+    def apply_after(
+        self,
+        request: web.BaseRequest,
+        response: web.StreamResponse,
+        rotators: Mapping[str, Any],
+    ) -> str:
+        """Rewrite a 200 the way the active faults say; returns the kind applied, or ""."""
+        if response.status != 200 or not isinstance(response, web.Response):
+            return ""
+        path = request.path
+        for fault in self.after:
+            kind = fault.kind
+            if kind == "body":
+                if not fault.matches(path) or not self._live(fault):
+                    continue
+                body = response.body
+                assert isinstance(body, bytes)
+                response.body = b"" if fault.spec.mode == "empty" else body[: len(body) // 2]
+                self._use(fault)
+                return kind
+            target = credential_path(path)
+            if target is None:
+                continue
+            rotator = rotators.get(target.role)
+            current = rotator.current if rotator is not None else None
+            if current is None or not self._live(fault):
+                continue
+            if fault.bound is not None and fault.bound[1] is not current:
+                continue
+            role = rotator.source.role  # type: ignore[union-attr]
+            if kind == "revoked":
+                response.body = unauthorized_document(role.name, from_epoch(self._clock()))
+            else:
+                response.body = fault.expired_document(current, target.extended, role.account_id)
+            self._use(fault)
+            return kind
+        return ""
+
+
+def _drop(request: web.BaseRequest, mode: str) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    if mode == "reset":
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Linger 0: close() sends RST, the "Connection reset by peer" of [T-22].
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()

@@ -1,0 +1,224 @@
+"""
+The HTTP layer under the app: bounded parsing, a connection cap, idle and slow-client
+timeouts, EC2-shaped answers to requests that do not parse, and a quiet access log.
+
+aiohttp parses (llhttp, in C) and runs the app; this module only sets its limits and
+replaces the three parts that would otherwise let one client hurt the others or answer
+un-EC2-like:
+
+- `CappedServer` keeps at most `max_connections` open. Over the cap it closes the
+  connection idle the longest (else the oldest), never the newcomer: a thousand idle or
+  slow connections cannot keep a new SDK client from being served.
+- `Ec2RequestHandler` answers what aiohttp cannot parse (bad request line, oversized or
+  too many headers, bad encoding) with EC2's 400 and `Server: EC2ws` instead of aiohttp's
+  own page [R-10], logs no byte of it (it may carry a token), and closes the connection.
+- `AccessLog` writes one line per request at debug level only: formatting a line per
+  request at info cost more CPU than everything else on the request path together
+  (docs/benchmarks.md).
+
+The idle timeout is aiohttp's keep-alive timer, armed when a connection opens and after
+each response and disarmed only by a complete request, so it bounds a slowloris client
+(headers trickled in) as well as an idle one.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_server import Server
+
+from imds import protocol as p
+from imds.config import Config
+
+log = logging.getLogger("imds.httpd")
+
+# File descriptors kept free beyond the connection cap: listening sockets, log files,
+# the state directory, the STS client's pool.
+_SPARE_FDS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may hold; from `Config`, see its options."""
+
+    max_connections: int = 1024
+    idle_timeout: float = 5.0
+    max_header_size: int = 8190
+    max_headers: int = 64
+
+    @classmethod
+    def of(cls, config: Config) -> Limits:
+        return cls(
+            max_connections=config.max_connections,
+            idle_timeout=float(config.idle_timeout),
+            max_header_size=config.max_header_size,
+            max_headers=config.max_headers,
+        )
+
+    def handler_args(self) -> dict[str, Any]:
+        """Keyword arguments for aiohttp's `RequestHandler`."""
+        return {
+            "keepalive_timeout": self.idle_timeout,
+            # The request line and each header line; llhttp stops reading past either.
+            "max_line_size": self.max_header_size,
+            "max_field_size": self.max_header_size,
+            "max_headers": self.max_headers,
+            # Never wait to drain a body nobody asked for: the app refuses bodies and the
+            # connection closes, instead of reading for up to 10 s (aiohttp's default).
+            "lingering_time": 0.0,
+            "access_log_class": AccessLog,
+        }
+
+
+def open_file_budget(wanted: int) -> int:
+    """
+    Raise the soft RLIMIT_NOFILE towards the hard limit so `wanted` connections fit, and
+    return how many connections fit. A server that runs out of descriptors stops
+    accepting altogether, which is worse than closing an idle connection.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + _SPARE_FDS
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - _SPARE_FDS))
+
+
+class AccessLog(AbstractAccessLogger):
+    """One debug line per request; never a header (the token lives in one)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.debug(
+            '%s "%s %s" %s %s %.6f',
+            request.remote,
+            request.method,
+            # Percent-encoded, so a hostile path cannot forge log lines.
+            request.rel_url.raw_path,
+            response.status,
+            response.body_length,
+            time,
+        )
+
+
+class Ec2RequestHandler(RequestHandler):
+    """aiohttp's per-connection protocol, answering unparseable requests as EC2 would."""
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for (the rest of) a request, rather than answering one."""
+        return not self._request_in_progress and not self._messages
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's version logs the parser's message and a traceback, both of which quote
+        # the offending bytes (possibly a token header), and answers with its own body.
+        if status >= 500:
+            # A bug in imds: say where, but not the exception's text (it may hold data).
+            frames = "".join(traceback.format_tb(exc.__traceback__)) if exc else ""
+            log.error("internal error answering %s: %s\n%s", request.remote,
+                      type(exc).__name__, frames)
+        else:
+            log.debug("malformed request from %s: %s", request.remote, type(exc).__name__)
+        if request.writer.output_size > 0:
+            # Part of a response is out already; only closing the connection is left.
+            raise ConnectionError("response already started")
+        # [R-10] EC2's 400 page; parse errors are the client's, so always 400.
+        body = p.BAD_REQUEST_BODY if status < 500 else p.EMPTY
+        response = web.Response(
+            status=400 if status < 500 else status,
+            body=body,
+            headers={"Server": p.SERVER_NAME, "Content-Type": p.TEXT_PLAIN},
+        )
+        # The parser cannot find the next request after garbage: close.
+        response.force_close()
+        return response
+
+
+class CappedServer(Server):
+    """aiohttp's connection factory with a cap on open connections."""
+
+    def __init__(self, base: Server, max_connections: int) -> None:
+        super().__init__(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            **base._kwargs,
+        )
+        self.max_connections = max_connections
+        # Live connections, oldest first (dicts keep insertion order).
+        self._live: dict[RequestHandler, None] = {}
+        self.evicted = 0
+
+    def __call__(self) -> RequestHandler:
+        return Ec2RequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def connection_made(self, handler: RequestHandler, transport: Any) -> None:
+        super().connection_made(handler, transport)
+        self._live[handler] = None
+        if len(self._live) > self.max_connections:
+            self._evict(newcomer=handler)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self._live.pop(handler, None)
+        super().connection_lost(handler, exc)
+
+    def _evict(self, newcomer: RequestHandler) -> None:
+        # The oldest connection waiting for a request goes first: on an IMDS (one short
+        # request per connection, EC2 closes each [N-04]) that is a stalled or hostile
+        # client. If every other connection is mid-request, the oldest goes.
+        oldest: RequestHandler | None = None
+        for handler in self._live:
+            if handler is newcomer:
+                continue
+            if oldest is None:
+                oldest = handler
+            if isinstance(handler, Ec2RequestHandler) and handler.idle:
+                oldest = handler
+                break
+        if oldest is not None:
+            self._live.pop(oldest, None)
+            self.evicted += 1
+            oldest.force_close()
+
+
+class Runner(web.AppRunner):
+    """An `AppRunner` whose connections get `Limits`."""
+
+    def __init__(self, app: web.Application, limits: Limits, **kwargs: Any) -> None:
+        super().__init__(app, handle_signals=False, **limits.handler_args(), **kwargs)
+        self._max_connections = open_file_budget(limits.max_connections)
+        if self._max_connections < limits.max_connections:
+            log.warning("only %d connections fit under the open file limit; capping there",
+                        self._max_connections)
+
+    async def _make_server(self) -> Server:
+        return CappedServer(await super()._make_server(), self._max_connections)
+
+    @property
+    def capped(self) -> CappedServer | None:
+        server = self.server
+        return server if isinstance(server, CappedServer) else None

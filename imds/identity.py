@@ -1,0 +1,218 @@
+"""
+Signing the instance identity document: one key and self-signed certificate per state
+directory, created once and reused, so signatures stay verifiable across restarts.
+
+What EC2 publishes and what we serve instead [D-06] [D-07] [D-08]:
+
+- `signature`: base64 RSA (PKCS #1 v1.5) over the SHA-256 of the document. Same here.
+- `rsa2048`: PKCS #7 SignedData with the document embedded, RSA-2048 over SHA-256. Same here.
+- `pkcs7`: AWS signs it with DSA over SHA-1. `cryptography`'s `PKCS7SignatureBuilder` only
+  signs with RSA or EC keys and SHA-2 digests, so ours is the closest thing standard tools
+  verify the same way: the same PKCS #7 packaging, RSA over SHA-256, with the same key.
+  `openssl smime -verify` accepts both; only the algorithm identifiers inside differ.
+- `dsa2048` is listed on real instances but undocumented [Q-06]; we do not serve it.
+
+As on EC2, the PKCS #7 bodies carry no certificate (`-certfile` supplies it) and every
+body is base64 wrapped at 76 columns without a final newline [D-09]. AWS signs with its
+regional certificates; a simulator cannot, so users verify against the certificate that
+`imds identity-cert` prints (also written to `<state dir>/identity-cert.pem`).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import NameOID
+
+from imds.errors import StartupError
+
+KEY_FILE = "identity-key.pem"
+CERT_FILE = "identity-cert.pem"
+KEY_BITS = 2048
+# Long enough that a kept state directory never needs a new certificate in practice.
+CERT_DAYS = 3650
+
+# [D-07] EC2's pkcs7 has authenticated attributes but no certificates and no S/MIME
+# capabilities; Binary keeps the document's bytes as they are (no CRLF conversion), so
+# the content `openssl smime -verify` prints is the document byte for byte.
+_PKCS7_OPTIONS = [
+    pkcs7.PKCS7Options.Binary,
+    pkcs7.PKCS7Options.NoCerts,
+    pkcs7.PKCS7Options.NoCapabilities,
+]
+
+
+def wrap76(data: bytes) -> bytes:
+    """[D-09] base64 in 76-column lines joined by `\\n`, no final newline."""
+    return base64.encodebytes(data).rstrip(b"\n")
+
+
+@dataclass(frozen=True, slots=True)
+class SignedDocument:
+    """The four `dynamic/instance-identity/` bodies, rendered once."""
+
+    document: bytes
+    signature: bytes
+    pkcs7: bytes
+    rsa2048: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySigner:
+    key: rsa.RSAPrivateKey
+    certificate: x509.Certificate
+
+    @property
+    def certificate_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def _pkcs7(self, document: bytes) -> bytes:
+        der = (
+            pkcs7.PKCS7SignatureBuilder()
+            .set_data(document)
+            .add_signer(self.certificate, self.key, hashes.SHA256(),
+                        rsa_padding=padding.PKCS1v15())
+            .sign(serialization.Encoding.DER, _PKCS7_OPTIONS)
+        )
+        return wrap76(der)
+
+    def sign(self, document: bytes) -> SignedDocument:
+        """Sign `document` every way EC2 does; called once per document, not per request."""
+        signature = self.key.sign(document, padding.PKCS1v15(), hashes.SHA256())
+        # `pkcs7` would be DSA/SHA-1 on EC2; see the module docstring.
+        return SignedDocument(
+            document=document,
+            signature=wrap76(signature),
+            pkcs7=self._pkcs7(document),
+            rsa2048=self._pkcs7(document),
+        )
+
+
+def load_or_create(state_dir: str | Path) -> IdentitySigner:
+    """
+    The signer of this state directory: its key and certificate, created on first use.
+
+    Raises StartupError when the directory cannot be created or holds unusable files.
+    """
+    directory = Path(state_dir)
+    try:
+        make_state_dir(directory)
+        key = _load_or_create_key(directory / KEY_FILE)
+        certificate = _load_or_create_certificate(directory / CERT_FILE, key)
+    except OSError as exc:
+        raise StartupError(f"state directory {str(directory)!r}: {exc.strerror or exc}") \
+            from exc
+    return IdentitySigner(key, certificate)
+
+
+def make_state_dir(directory: Path) -> None:
+    # Owner-only: it holds a private key.
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def write_once(path: Path, data: bytes, mode: int) -> bool:
+    """
+    Create `path` with `data` unless it already exists; False if another writer won.
+
+    The file appears complete or not at all (written aside, then hard-linked into place),
+    so two servers starting on one state directory never read half a key.
+    """
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        except OSError:
+            # Filesystems without hard links (some container volume mounts): rename, which
+            # is still atomic, just not exclusive.
+            if path.exists():
+                return False
+            os.replace(temp, path)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+
+
+def _load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
+    if not path.exists():
+        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+        pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        write_once(path, pem, 0o600)
+    try:
+        # Our own key from our own 0700 directory: skipping the (slow, ~50 ms) consistency
+        # check is what cryptography documents as safe for trusted keys.
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None,
+                                                    unsafe_skip_rsa_key_validation=True)
+    except ValueError as exc:
+        raise StartupError(f"{path} is not a PEM private key; move it away to get a new "
+                           "one") from exc
+    if not isinstance(loaded, rsa.RSAPrivateKey) or loaded.key_size != KEY_BITS:
+        raise StartupError(f"{path} is not an RSA-{KEY_BITS} key; move it away to get a new "
+                           "one")
+    return loaded
+
+
+def _load_or_create_certificate(path: Path, key: rsa.RSAPrivateKey) -> x509.Certificate:
+    certificate = _read_certificate(path)
+    if certificate is not None and certificate.public_key() == key.public_key():
+        return certificate
+    # Missing, unreadable or for another key (the key file was replaced): issue anew. The
+    # certificate is public, so replacing it in place is safe.
+    certificate = _self_signed(key)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    temp.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    os.replace(temp, path)
+    return certificate
+
+
+def _read_certificate(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _self_signed(key: rsa.RSAPrivateKey) -> x509.Certificate:
+    # A recognisable name, never AWS's: nobody should mistake this for an AWS certificate.
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "imds local instance metadata service"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "imds instance identity"),
+    ])
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False,
+                          key_agreement=False, key_cert_sign=False, crl_sign=False,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )

@@ -1,0 +1,368 @@
+"""
+The rotation lab: what the control API, the metrics, the timeline and the pytest plugin
+see and drive.
+
+`Lab` wraps the metadata handler (faults before and after it, one count per response,
+one ring-buffer entry per credential fetch) and the credential sources (outages, fetch
+timing), listens to the rotators, and carries out the actions: rotate, expire, revoke,
+change lifetime and refresh-ahead. Key ids appear only as their last four characters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from imds import protocol as p
+from imds.credentials import Credentials, Rendered, redact_key_id
+from imds.errors import SourceError
+from imds.faults import Fault, Faults, FaultSpec, credential_path
+from imds.rotation import RotationEvent, Rotator, effective_ahead
+from imds.sources.base import CredentialSource, RoleIdentity
+
+log = logging.getLogger("imds.lab")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Distinct (path, status) pairs counted before new paths share one bucket: a client
+# walking random paths must not grow memory (labels are normalised at scrape time).
+MAX_COUNTED_PATHS = 2048
+OVERFLOW_PATH = "/…"
+# Source fetch latency buckets, seconds: a local mint is microseconds, STS ~0.1–1 s.
+FETCH_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_KEY_FIELD = b'"AccessKeyId" : "'
+_CREDENTIALS_PATH = "/meta-data/iam/security-credentials"
+
+
+class LabError(Exception):
+    """Raised for an action that cannot be done; `status` is the control API's answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFetch:
+    """A client fetched a credential document: when, from where, which key (hint)."""
+
+    at: float
+    client: str
+    role: str
+    key: str
+    # "" as served; "expired" or "revoked" when a fault rewrote it; "body" when broken.
+    fault: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabEvent:
+    """A control action, for the timeline."""
+
+    at: float
+    what: str
+    detail: str = ""
+
+
+class Histogram:
+    """Just enough of a histogram for fetch latency, read by the metrics collector."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        for index, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[index] += 1
+                return
+        self.counts[-1] += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        total, out = 0, []
+        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+class WatchedSource:
+    """
+    A credential source as the lab sees it: `source` faults fail its fetches (an STS
+    outage without touching STS), and every fetch is timed.
+    """
+
+    def __init__(self, inner: CredentialSource, lab: Lab) -> None:
+        self.inner = inner
+        self._lab = lab
+
+    @property
+    def role(self) -> RoleIdentity:
+        return self.inner.role
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    async def fetch(self) -> Credentials:
+        lab = self._lab
+        fault = lab.faults.source_failure()
+        if fault is not None:
+            lab.fetch_errors += 1
+            raise SourceError(f"simulated source outage (fault {fault.id})")
+        started = time.perf_counter()
+        try:
+            creds = await self.inner.fetch()
+        except SourceError:
+            lab.fetch_errors += 1
+            lab.fetch_seconds.observe(time.perf_counter() - started)
+            raise
+        lab.fetch_seconds.observe(time.perf_counter() - started)
+        return creds
+
+
+def key_in(body: bytes) -> str:
+    """The key hint of a credential document, "" for one without keys [C-06]."""
+    at = body.find(_KEY_FIELD)
+    if at < 0:
+        return ""
+    start = at + len(_KEY_FIELD)
+    end = body.find(b'"', start)
+    return redact_key_id(body[start:end].decode("ascii", "replace"))
+
+
+class Lab:
+    """State and actions of the rotation lab for one server."""
+
+    def __init__(self, clock: Callable[[], float], *, fetch_log: int = 512,
+                 events: int = 200) -> None:
+        self.clock = clock
+        self.faults = Faults(clock)
+        self.rotators: dict[str, Rotator] = {}
+        self.primary: Rotator | None = None
+        self.fetches: deque[ClientFetch] = deque(maxlen=fetch_log)
+        self.events: deque[LabEvent] = deque(maxlen=events)
+        self.requests: dict[tuple[str, int | str], int] = {}
+        self.tokens_issued = 0
+        self.credential_fetches = 0
+        self.rotations_ok = 0
+        self.rotations_failed = 0
+        self.fetch_errors = 0
+        self.fetch_seconds = Histogram(FETCH_BUCKETS)
+        self.started = clock()
+
+    # ------------------------------------------------------------------ wiring
+
+    def watch(self, source: CredentialSource) -> WatchedSource:
+        return source if isinstance(source, WatchedSource) else WatchedSource(source, self)
+
+    def attach(self, rotator: Rotator, *, primary: bool = False) -> None:
+        """Follow a rotator: count its rotations, end faults bound to what it replaced."""
+        if rotator in self.rotators.values():
+            return
+        self.rotators[rotator.source.role.name] = rotator
+        if primary or self.primary is None:
+            self.primary = rotator
+
+        def on_rotation(event: RotationEvent) -> None:
+            if event.ok:
+                self.rotations_ok += 1
+                self.faults.rotated(rotator)
+            else:
+                self.rotations_failed += 1
+
+        rotator.listeners.append(on_rotation)
+
+    def wrap(self, handle: Handler, respond: Callable[..., web.StreamResponse]) -> Handler:
+        """The metadata handler with faults around it and one count per answer."""
+        faults = self.faults
+        fetches = self.fetches
+        rotators = self.rotators
+        clock = self.clock
+
+        async def observed(request: web.Request) -> web.StreamResponse:
+            if faults.active:
+                early = await faults.apply_before(request, respond)
+                if early is not None:
+                    self._count(request, early)
+                    return early
+            response = await handle(request)
+            applied = ""
+            if faults.after:
+                applied = faults.apply_after(request, response, rotators)
+            status = self._count(request, response)
+            if status == 200:
+                path = request.path
+                if path == p.TOKEN_PATH:
+                    self.tokens_issued += 1
+                elif _CREDENTIALS_PATH in path and isinstance(response, web.Response):
+                    target = credential_path(path)  # not the listing: a role's document
+                    if target is not None:
+                        self.credential_fetches += 1
+                        body = response.body
+                        fetches.append(ClientFetch(
+                            clock(), request.remote or "", target.role,
+                            key_in(body) if isinstance(body, bytes) else "", applied,
+                        ))
+            return response
+
+        return observed
+
+    def _count(self, request: web.Request, response: web.StreamResponse) -> int | str:
+        transport = request.transport
+        status: int | str = response.status
+        if transport is None or transport.is_closing():
+            status = "dropped"
+        key = (request.path, status)
+        requests = self.requests
+        if key in requests:
+            requests[key] += 1
+        elif len(requests) < MAX_COUNTED_PATHS:
+            requests[key] = 1
+        else:
+            overflow = (OVERFLOW_PATH, status)
+            requests[overflow] = requests.get(overflow, 0) + 1
+        return status
+
+    # ------------------------------------------------------------------ actions
+
+    def rotator(self, role: str | None = None) -> Rotator:
+        if role is None or role == "":
+            if self.primary is None:
+                raise LabError("no role is served", 404)
+            return self.primary
+        rotator = self.rotators.get(role)
+        if rotator is None:
+            raise LabError(f"role {role!r} is not served here", 404)
+        return rotator
+
+    async def rotate(self, role: str | None = None) -> Rendered:
+        """New credentials now; the old stay valid until their own expiry [L-05]."""
+        rotator = self.rotator(role)
+        try:
+            rendered = await rotator.rotate_now()
+        except SourceError as exc:
+            log.warning("control: rotation of role %s failed: %s", rotator.source.role.name, exc)
+            self._event("rotate", f"failed: {exc}")
+            raise LabError(f"rotation failed: {exc}", 503) from exc
+        self._event("rotate", rendered.credentials.key_hint)
+        return rendered
+
+    def expire(self, role: str | None = None) -> Fault:
+        """
+        Serve the current keys as already expired [L-04] until the rotator replaces them:
+        what IMDS does when it cannot refresh, and what static stability is for.
+        """
+        return self._bound("expired", role)
+
+    def revoke(self, role: str | None = None) -> Fault:
+        """
+        Stop serving the current keys: the credential document becomes EC2's "cannot assume
+        the role" answer [C-06] until the rotator replaces them (at its next refresh, or now
+        with `rotate`). Keys already handed out are not recalled [L-05].
+        """
+        return self._bound("revoked", role)
+
+    def _bound(self, kind: str, role: str | None) -> Fault:
+        rotator = self.rotator(role)
+        current = rotator.current
+        if current is None:
+            raise LabError("no credentials to act on yet", 409)
+        fault = self.faults.add(FaultSpec(kind), bound=(rotator, current))
+        self._event(kind, current.credentials.key_hint)
+        return fault
+
+    def add_fault(self, spec: FaultSpec) -> Fault:
+        fault = self.faults.add(spec)
+        self._event("fault", f"{fault.id} {fault.summary()}")
+        return fault
+
+    def settings(self, *, lifetime: float | None = None, refresh_ahead: float | None = None,
+                 role: str | None = None) -> dict[str, Any]:
+        """
+        Change the lifetime of the next credentials and how far ahead of expiry the rotator
+        replaces them; the schedule is reconsidered at once.
+        """
+        rotator = self.rotator(role)
+        source: Any = rotator.source
+        inner = source.inner if isinstance(source, WatchedSource) else source
+        if lifetime is not None:
+            setter = getattr(type(inner), "lifetime", None)
+            if not isinstance(setter, property) or setter.fset is None:
+                raise LabError(f"the lifetime of {inner.describe()} cannot be changed "
+                               "at runtime", 409)
+            inner.lifetime = lifetime
+        if refresh_ahead is not None:
+            rotator.refresh_ahead = refresh_ahead
+        rotator.poke()
+        detail = ", ".join(f"{name} {value:g}s" for name, value in
+                           (("lifetime", lifetime), ("refresh-ahead", refresh_ahead))
+                           if value is not None)
+        log.info("settings for role %s: %s", rotator.source.role.name, detail or "unchanged")
+        self._event("settings", detail)
+        return self.role_status(rotator)
+
+    def _event(self, what: str, detail: str) -> None:
+        # Logged where it happens (rotator, fault registry, settings): one line per event.
+        self.events.append(LabEvent(self.clock(), what, detail))
+
+    # ------------------------------------------------------------------ status
+
+    def role_status(self, rotator: Rotator) -> dict[str, Any]:
+        now = self.clock()
+        current = rotator.current
+        source: Any = rotator.source
+        inner = source.inner if isinstance(source, WatchedSource) else source
+        lifetime = getattr(inner, "lifetime", None)
+        out: dict[str, Any] = {
+            "role": rotator.source.role.name,
+            "source": rotator.source.describe(),
+            "lifetime": lifetime if isinstance(lifetime, int | float) else None,
+            "refresh_ahead": rotator.refresh_ahead,
+            "next_rotation": rotator.next_refresh_at(),
+            "current": None,
+        }
+        if current is not None:
+            creds = current.credentials
+            served = "valid" if now < current.expires_at else "expired"
+            for fault in self.faults.active:
+                if fault.bound is not None and fault.bound[1] is current:
+                    served = fault.kind
+            out["current"] = {
+                "key": creds.key_hint,
+                "issued": creds.issued.timestamp(),
+                "expires": current.expires_at,
+                "seconds_left": current.expires_at - now,
+                "effective_ahead": effective_ahead(rotator.refresh_ahead, creds.lifetime),
+                "state": served,
+            }
+        out["rotations"] = [
+            {"at": e.at, "ok": e.ok, "key": e.key_hint, "expires": e.expires_at or None,
+             "error": e.error}
+            for e in rotator.history
+        ]
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """Everything the timeline draws, as JSON-ready data."""
+        primary = self.primary
+        return {
+            "now": self.clock(),
+            "started": self.started,
+            "role": primary.source.role.name if primary is not None else None,
+            "roles": {name: self.role_status(r) for name, r in self.rotators.items()},
+            "faults": [f.describe() for f in self.faults.active],
+            "fault_history": [f.describe() for f in self.faults.history],
+            "fetches": [
+                {"at": f.at, "client": f.client, "role": f.role, "key": f.key,
+                 "fault": f.fault}
+                for f in self.fetches
+            ],
+            "events": [{"at": e.at, "what": e.what, "detail": e.detail} for e in self.events],
+        }

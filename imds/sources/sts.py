@@ -1,0 +1,491 @@
+"""
+Real role credentials: `sts:AssumeRole` through boto3, from the user's own identity.
+
+The base identity is whatever boto3's standard chain finds on the host (environment keys,
+a profile, SSO, `credential_process`, `source_profile` chains), minus the instance metadata
+provider: that would be this very service (or, on a laptop, a one-second timeout towards
+169.254.169.254). Only the assumed role's temporary keys ever leave this module; the base
+credentials stay inside botocore, which keeps them in memory only.
+
+boto3 is blocking and slow to import, so it is imported on first use and every call runs
+in a worker thread (`asyncio.to_thread`); the embedded default never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fnmatch
+import json
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from imds import __version__
+from imds import sts_settings as sts
+from imds.credentials import Credentials
+from imds.errors import PermanentSourceError, SourceError, StartupError
+from imds.ids import instance_profile_id
+from imds.sources.base import RoleIdentity
+
+if TYPE_CHECKING:
+    from imds.config import Config
+
+log = logging.getLogger("imds.sts")
+
+# The service principal an instance profile's role must trust on EC2 (and its old China
+# spelling, which IAM still accepts there).
+EC2_PRINCIPALS = frozenset({"ec2.amazonaws.com", "ec2.amazonaws.com.cn"})
+
+# Codes STS answers when trying again later can help (besides any 5xx).
+_TRANSIENT_CODES = frozenset({
+    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+    "RequestThrottled", "ServiceUnavailable", "InternalFailure", "InternalError",
+    "IDPCommunicationError", "RequestTimeout", "RequestTimeoutException",
+})
+_BAD_BASE_CODES = frozenset({
+    "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
+    "IncompleteSignature", "MissingAuthenticationToken", "InvalidAccessKeyId",
+})
+_EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
+
+NO_CREDENTIALS = (
+    "no AWS credentials were found to call sts:AssumeRole with. imds uses boto3's standard "
+    "chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in the "
+    "environment, or a profile from ~/.aws/config and ~/.aws/credentials chosen with "
+    "--profile or AWS_PROFILE (keys, sso_session after `aws sso login`, credential_process, "
+    "role_arn with source_profile or credential_source); instance metadata is deliberately "
+    "not consulted, since that would be this service itself. Run `aws sts "
+    "get-caller-identity` in the same shell to check what boto3 will find."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AssumeRoleSettings:
+    """What to ask STS for; validated by `imds.config` (see `imds.sts_settings`)."""
+
+    role_arns: tuple[str, ...]
+    session_name: str
+    duration: int = 3600
+    external_id: str = ""
+    # The session policy, minified JSON.
+    policy: str = ""
+    policy_arns: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    source_identity: str = ""
+    profile: str = ""
+    region: str = "us-east-1"
+    endpoint_url: str = ""
+    check_trust: bool = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> AssumeRoleSettings:
+        try:
+            policy = sts.read_policy(config.policy_file) if config.policy_file else ""
+        except ValueError as exc:
+            raise StartupError(f"policy_file: {exc}") from None
+        return cls(
+            role_arns=config.role_arn,
+            session_name=config.role_session_name or sts.default_session_name(),
+            duration=config.duration,
+            external_id=config.external_id,
+            policy=policy,
+            policy_arns=config.policy_arn,
+            tags=sts.parse_tags(config.session_tag),
+            source_identity=config.source_identity,
+            profile=config.profile,
+            region=config.region,
+            endpoint_url=config.sts_endpoint_url,
+            check_trust=config.check_trust,
+        )
+
+    @property
+    def chained(self) -> bool:
+        return len(self.role_arns) > 1
+
+    @property
+    def effective_duration(self) -> int:
+        # AWS refuses more than one hour for a session assumed with role credentials.
+        if self.chained:
+            return min(self.duration, sts.CHAINED_DURATION_MAX)
+        return self.duration
+
+
+class AssumeRoleSource:
+    """
+    Assumes the configured role (through a chain of roles, if given) once per `fetch()`.
+
+    The rotator calls `fetch()` one at a time, off the request path; each call is a
+    fresh AssumeRole (per hop), so every rotation mints new keys, as EC2 does [L-03].
+    """
+
+    def __init__(
+        self,
+        settings: AssumeRoleSettings,
+        clock: Callable[[], float] = time.time,
+        *,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """
+        Args:
+            settings: the role(s) and request parameters.
+            clock: seconds since the epoch; `LastUpdated` is never later than it.
+            client_options: extra `botocore.config.Config` settings. Tests pass
+                `parameter_validation=False` to ask moto for sessions shorter than STS's
+                900 s minimum, so rotations can be watched in seconds.
+        """
+        if not settings.role_arns:
+            raise ValueError("AssumeRoleSource needs at least one role ARN")
+        self.settings = settings
+        self._clock = clock
+        self._client_options = dict(client_options or {})
+        partition, account, path, name = sts.split_role_arn(settings.role_arns[-1])
+        self._role = RoleIdentity(
+            name=name,
+            account_id=account,
+            # [C-01] the console creates an instance profile with the role's name and path.
+            instance_profile_arn=f"arn:{partition}:iam::{account}:instance-profile/{path}{name}",
+            instance_profile_id=instance_profile_id(settings.role_arns[-1]),
+            partition=partition,
+        )
+        if settings.chained and settings.duration > sts.CHAINED_DURATION_MAX:
+            log.warning(
+                "--duration %d lowered to %d: AWS caps sessions of chained roles at one hour",
+                settings.duration, sts.CHAINED_DURATION_MAX,
+            )
+        # One worker thread at a time touches the boto3 session (sessions are not
+        # thread-safe); the rotator's single flight already ensures it, this makes it true.
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._sts: Any = None
+        self._endpoint = settings.endpoint_url or f"the STS endpoint of {settings.region}"
+        self._trust_checked = False
+        # The assumed-role ARN of the last successful fetch (for status and logs).
+        self.assumed_arn = ""
+
+    @classmethod
+    def from_config(cls, config: Config, clock: Callable[[], float]) -> AssumeRoleSource:
+        return cls(AssumeRoleSettings.from_config(config), clock)
+
+    @property
+    def role(self) -> RoleIdentity:
+        return self._role
+
+    def describe(self) -> str:
+        s = self.settings
+        via = f" via {', '.join(s.role_arns[:-1])}" if s.chained else ""
+        base = f"profile {s.profile}" if s.profile else "the default AWS credential chain"
+        where = s.endpoint_url or f"STS in {s.region}"
+        return (f"sts:AssumeRole of {s.role_arns[-1]}{via} as session {s.session_name}, "
+                f"{s.effective_duration}s sessions, with {base}, at {where}")
+
+    async def fetch(self) -> Credentials:
+        # boto3 blocks (and its first import takes ~0.4 s): never on the event loop.
+        return await asyncio.to_thread(self._fetch_blocking)
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _fetch_blocking(self) -> Credentials:
+        with self._lock:
+            try:
+                return self._assume_chain()
+            except SourceError:
+                raise
+            except Exception as exc:
+                # Whatever went wrong, the rotator must see a SourceError: anything else
+                # would end its background task and with it all future rotations.
+                raise self._translate(exc, self.settings.role_arns[0], "") from exc
+
+    def _assume_chain(self) -> Credentials:
+        client = self._base_client()
+        arns = self.settings.role_arns
+        response: dict[str, Any] = {}
+        for index, arn in enumerate(arns):
+            previous = arns[index - 1] if index else ""
+            try:
+                if index:
+                    client = self._client_with(response["Credentials"])
+                response = client.assume_role(**self._request(index))
+            except Exception as exc:
+                raise self._translate(exc, arn, previous) from exc
+        creds = self._credentials(response)
+        self.assumed_arn = response.get("AssumedRoleUser", {}).get("Arn", "")
+        log.debug("assumed %s: key %s until %s", self.assumed_arn or arns[-1],
+                  creds.key_hint, creds.expiration.isoformat())
+        if self.settings.check_trust and not self._trust_checked:
+            self._trust_checked = True
+            self._check_trust(response["Credentials"])
+        return creds
+
+    def _client_config(self, **overrides: Any) -> Any:
+        from botocore.config import Config as BotoConfig
+
+        options: dict[str, Any] = {
+            # Fail fast enough for a clear startup error; the rotator retries anyway.
+            "connect_timeout": 5,
+            "read_timeout": 15,
+            "retries": {"mode": "standard", "total_max_attempts": 3},
+            # CloudTrail's userAgent then says who called.
+            "user_agent_extra": f"imds/{__version__}",
+        }
+        options.update(self._client_options)
+        options.update(overrides)
+        return BotoConfig(**options)
+
+    def _base_client(self) -> Any:
+        """The STS client signed with the base identity: created once, on first use."""
+        if self._sts is not None:
+            return self._sts
+        import boto3
+        import botocore.session
+
+        core = botocore.session.get_session()
+        if self.settings.profile:
+            core.set_config_variable("profile", self.settings.profile)
+        # Never the instance metadata provider (see the module docstring). A profile that
+        # names `credential_source = Ec2InstanceMetadata` still works: that path has its own.
+        core.get_component("credential_provider").remove("iam-role")
+        session = boto3.Session(botocore_session=core)
+        client = session.client(
+            "sts",
+            region_name=self.settings.region,
+            endpoint_url=self.settings.endpoint_url or None,
+            config=self._client_config(),
+        )
+        self._endpoint = client.meta.endpoint_url
+        self._session, self._sts = session, client
+        return client
+
+    def _client_with(self, creds: Mapping[str, Any], service: str = "sts", **config: Any) -> Any:
+        # A chained hop is signed with the previous hop's session. A client per hop and
+        # rotation (hourly at most): the session caches the service model, so it is cheap.
+        return self._session.client(
+            service,
+            region_name=self.settings.region,
+            endpoint_url=(self.settings.endpoint_url or None) if service == "sts" else None,
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+            config=self._client_config(**config),
+        )
+
+    def _request(self, index: int) -> dict[str, Any]:
+        s = self.settings
+        last = index == len(s.role_arns) - 1
+        request: dict[str, Any] = {
+            "RoleArn": s.role_arns[index],
+            "RoleSessionName": s.session_name,
+            # A hop's credentials are used once, right away, to take the next hop: the
+            # shortest session STS grants is plenty and leaves the least lying around.
+            "DurationSeconds": s.effective_duration if last else sts.DURATION_MIN,
+        }
+        if index == 0 and s.source_identity:
+            # Set once on the first hop; STS carries it through the chain unchangeable.
+            request["SourceIdentity"] = s.source_identity
+        if last:
+            # The served session is the one the trust condition, policies and tags are for.
+            if s.external_id:
+                request["ExternalId"] = s.external_id
+            if s.policy:
+                request["Policy"] = s.policy
+            if s.policy_arns:
+                request["PolicyArns"] = [{"arn": arn} for arn in s.policy_arns]
+            if s.tags:
+                request["Tags"] = [{"Key": key, "Value": value} for key, value in s.tags]
+        return request
+
+    def _credentials(self, response: Mapping[str, Any]) -> Credentials:
+        raw = response["Credentials"]
+        expiration = raw["Expiration"]
+        if isinstance(expiration, str):
+            expiration = dt.datetime.fromisoformat(expiration.replace("Z", "+00:00"))
+        # [C-09] whole seconds; rounding down never claims more validity than STS gave.
+        expires = expiration.astimezone(dt.UTC).replace(microsecond=0)
+        now = dt.datetime.fromtimestamp(int(self._clock()), dt.UTC)
+        # STS does not say when it minted the keys; it grants exactly the requested
+        # duration, so this is the moment by STS's own clock (capped at ours).
+        issued = min(now, expires - dt.timedelta(seconds=self.settings.effective_duration))
+        return Credentials(
+            access_key_id=raw["AccessKeyId"],
+            secret_access_key=raw["SecretAccessKey"],
+            session_token=raw["SessionToken"],
+            expiration=expires,
+            issued=issued,
+        )
+
+    # ------------------------------------------------------------------ errors
+
+    def _translate(self, exc: BaseException, arn: str, previous: str) -> SourceError:
+        """A botocore failure as a one-paragraph SourceError a user can act on."""
+        from botocore import exceptions as bce
+
+        caller = (f"with the session of {previous}" if previous
+                  else "with your base credentials")
+        profile = f" --profile {self.settings.profile}" if self.settings.profile else ""
+        if isinstance(exc, bce.NoCredentialsError):
+            return PermanentSourceError(NO_CREDENTIALS)
+        if isinstance(exc, bce.ProfileNotFound):
+            return PermanentSourceError(
+                f"the AWS profile {self.settings.profile or exc.kwargs.get('profile')!r} is "
+                "not defined in the AWS config or credentials file (AWS_CONFIG_FILE, "
+                "AWS_SHARED_CREDENTIALS_FILE, ~/.aws/); check --profile and AWS_PROFILE, or "
+                "`aws configure list-profiles`"
+            )
+        if isinstance(exc, bce.SSOError | bce.TokenRetrievalError):
+            return PermanentSourceError(
+                f"your base credentials come from AWS SSO and its session is missing or "
+                f"expired ({exc}); run `aws sso login{profile}`, then imds picks it up by itself"
+            )
+        if isinstance(exc, bce.PartialCredentialsError | bce.InvalidConfigError):
+            return PermanentSourceError(f"the AWS credentials configuration is incomplete: {exc}")
+        if isinstance(exc, bce.CredentialRetrievalError):
+            return SourceError(f"could not get your base credentials: {exc}")
+        if isinstance(exc, bce.EndpointConnectionError | bce.HTTPClientError
+                      | bce.ConnectionError):
+            return SourceError(
+                f"cannot reach STS at {self._endpoint} ({exc}); check the network (and "
+                f"HTTPS_PROXY), --region {self.settings.region}, or --sts-endpoint-url"
+            )
+        if isinstance(exc, bce.ParamValidationError):
+            return PermanentSourceError(f"STS parameters rejected before sending: {exc}")
+        if isinstance(exc, bce.ClientError):
+            return self._translate_client_error(exc, arn, caller, profile)
+        if isinstance(exc, bce.BotoCoreError):
+            return SourceError(f"sts:AssumeRole of {arn} failed: {exc}")
+        if isinstance(exc, ImportError):
+            return PermanentSourceError(f"boto3 is needed for --role-arn: {exc}")
+        return SourceError(f"sts:AssumeRole of {arn} failed: {type(exc).__name__}: {exc}")
+
+    def _translate_client_error(
+        self, exc: Any, arn: str, caller: str, profile: str
+    ) -> SourceError:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        message = str(error.get("Message", "")).strip().rstrip(".")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        said = f"{code}: {message}" if message else code
+        if code == "AccessDenied":
+            hints = []
+            if self.settings.external_id and not caller.startswith("with the session"):
+                hints.append("if the trust policy asks for sts:ExternalId, check --external-id")
+            if self.settings.tags:
+                hints.append("session tags also need sts:TagSession in the trust policy")
+            if self.settings.source_identity:
+                hints.append("a source identity also needs sts:SetSourceIdentity there")
+            extra = f" ({'; '.join(hints)})" if hints else ""
+            return PermanentSourceError(
+                f"STS denied sts:AssumeRole of {arn} {caller} ({said}). The role's trust "
+                f"policy must allow this caller as a principal, and the caller's own "
+                f"policies must allow sts:AssumeRole on the role{extra}. For the role to "
+                f"work as an instance profile on EC2 too, its trust policy should also "
+                f"allow the service principal ec2.amazonaws.com (--check-trust reports it)."
+            )
+        if code in _BAD_BASE_CODES:
+            return PermanentSourceError(
+                f"STS does not accept the credentials used {caller} ({said}): they are "
+                f"wrong, deactivated or for another partition; check `aws sts "
+                f"get-caller-identity{profile}`"
+            )
+        if code in _EXPIRED_CODES:
+            return PermanentSourceError(
+                f"the credentials used {caller} have expired ({said}); refresh them (for "
+                f"SSO: `aws sso login{profile}`)"
+            )
+        if code == "RegionDisabledException":
+            return PermanentSourceError(
+                f"STS is not activated in region {self.settings.region} ({said}); activate "
+                f"it in the IAM account settings or choose another --region"
+            )
+        if code == "ValidationError" and "DurationSeconds" in message:
+            return PermanentSourceError(
+                f"STS refused the session duration for {arn} ({said}). --duration may not "
+                f"exceed the role's MaxSessionDuration, and sessions assumed with role "
+                f"credentials (chains, or a profile that is itself a role) at most 3600"
+            )
+        if code in ("MalformedPolicyDocument", "MalformedPolicyDocumentException",
+                    "PackedPolicyTooLarge", "PackedPolicyTooLargeException"):
+            return PermanentSourceError(
+                f"STS rejected the session policy or tags for {arn} ({said}); check "
+                f"--policy-file, --policy-arn and --session-tag"
+            )
+        if code in _TRANSIENT_CODES or status >= 500:
+            return SourceError(f"STS could not serve sts:AssumeRole of {arn} now ({said})")
+        return PermanentSourceError(f"STS refused sts:AssumeRole of {arn} {caller} ({said})")
+
+    # ------------------------------------------------------------------ --check-trust
+
+    def _check_trust(self, creds: Mapping[str, Any]) -> None:
+        """Warn when the served role could not be an instance profile role on EC2."""
+        name = self._role.name
+        failures = []
+        # The served session is in the role's own account (GetRole is not cross-account),
+        # but may lack iam:GetRole; the base identity may have it.
+        for who, make in (
+            ("the role's own session", lambda: self._client_with(creds, "iam", **_ONE_TRY)),
+            ("your base credentials", lambda: self._session.client(
+                "iam", region_name=self.settings.region, config=self._client_config(**_ONE_TRY))),
+        ):
+            try:
+                document = make().get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]
+                trusted = trusts_ec2(document)
+            except Exception as exc:  # any failure only means "cannot tell"
+                failures.append(f"{who}: {_short(exc)}")
+                continue
+            if trusted:
+                log.info("--check-trust: role %s trusts ec2.amazonaws.com", name)
+            else:
+                log.warning(
+                    "--check-trust: the trust policy of role %s does not allow "
+                    "ec2.amazonaws.com, so on EC2 it could not be an instance profile's "
+                    "role: code that works here would get no credentials there [C-06]", name,
+                )
+            return
+        log.warning("--check-trust: could not read the trust policy of role %s (%s)",
+                    name, "; ".join(failures))
+
+
+_ONE_TRY = {"retries": {"mode": "standard", "total_max_attempts": 1}}
+
+
+def _short(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        return str(response["Error"].get("Code", type(exc).__name__))
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def trusts_ec2(document: Mapping[str, Any] | str) -> bool:
+    """
+    Whether a role trust policy lets EC2 assume the role (what an instance profile needs).
+
+    Counts `Allow` statements whose actions cover `sts:AssumeRole` and whose principal is
+    the EC2 service or everyone; conditions are not evaluated.
+    """
+    if isinstance(document, str):
+        # IAM returns the document URL-encoded; boto3 usually decodes it already.
+        document = json.loads(urllib.parse.unquote(document))
+    for statement in _as_list(document.get("Statement")):
+        if not isinstance(statement, Mapping) or statement.get("Effect") != "Allow":
+            continue
+        actions = [str(a).lower() for a in _as_list(statement.get("Action"))]
+        if not any(fnmatch.fnmatchcase("sts:assumerole", action) for action in actions):
+            continue
+        principal = statement.get("Principal")
+        if principal == "*":
+            return True
+        if isinstance(principal, Mapping):
+            if EC2_PRINCIPALS & set(_as_list(principal.get("Service"))):
+                return True
+            if "*" in _as_list(principal.get("AWS")):
+                return True
+    return False
