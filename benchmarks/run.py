@@ -289,23 +289,26 @@ def table(report: dict[str, Any]) -> str:
         f"{s['rounds']} rounds x {s['duration']:g} s",
         "",
         f"{'scenario':<44}{'server':<8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'CPU µs/req':>12}{'vs nginx':>10}",
+        f"{'CPU µs/req':>12}{'req/s ratio':>13}{'CPU ratio':>11}",
     ]
     for scenario in SCENARIOS:
         part = report["throughput"][scenario.key]
         for server in ("nginx", "imds"):
             m = part[server]["median"]
             ratio = f"{part['ratio']:.2f}x" if server == "imds" else ""
+            cpu_ratio = f"{part['cpu_ratio']:.2f}x" if server == "imds" else ""
             title = scenario.title if server == "nginx" else ""
             lines.append(f"{title:<44}{server:<8}{m['requests_per_second']:>9,.0f}"
                          f"{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}"
-                         f"{m['cpu_us_per_request']:>12.0f}{ratio:>10}")
+                         f"{m['cpu_us_per_request']:>12.0f}{ratio:>13}{cpu_ratio:>11}")
         if scenario.requests_per_unit > 1:
             lines.append(f"{'':<44}(sequences/s: nginx "
                          f"{part['nginx']['median']['per_second']:,.0f}, imds "
                          f"{part['imds']['median']['per_second']:,.0f}; latency per request)")
     floor = report["throughput"]["floor"]
     lines += [
+        "(req/s ratio: imds req/s / nginx req/s; CPU ratio: nginx CPU per request / imds CPU "
+        "per request, steadier when other tenants share the machine)",
         f"reference: {floor['title']}: {floor['requests_per_second']:,.0f} req/s, "
         f"p99 {floor['result']['p99_ms']:.2f} ms, "
         f"{floor['result']['cpu_us_per_request']:.0f} CPU µs/req",

@@ -92,7 +92,7 @@ def run(caller: Caller, *, interval: float, duration: float | None,
         stamp = time.strftime("%H:%M:%S")
         try:
             key = caller.call()
-        except Exception as exc:  # noqa: BLE001 - any failure is what we count
+        except Exception as exc:  # any failure is what we count
             tally.failed += 1
             tally.errors.append(f"{type(exc).__name__}: {exc}")
             out(f"{stamp} call {tally.calls:5d} FAILED {type(exc).__name__}: {exc}")

@@ -360,7 +360,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a connection may wait for a complete request (idle or trickling "
            "headers) before it is closed", "SECONDS"),
     Option("max_header_size", _int_range(256, 65536),
-           "longest request line or header, in bytes; longer requests get 400", "BYTES"),
+           "longest request line, header name or header value, in bytes; longer ones "
+           "get 400", "BYTES"),
     Option("max_headers", _int_range(1, 1024),
            "most headers a request may carry; more get 400", "N"),
     Option("control", _bool,

@@ -37,7 +37,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -248,24 +248,24 @@ class Fault:
         return " ".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
-class CredentialPath:
+class CredentialPath(NamedTuple):
     """A request for one role's credential document."""
 
     role: str
     extended: bool
 
 
+# `/<version>/meta-data/iam/security-credentials[-extended]/<role>[/]` [C-03] [X-01] [R-08].
+_CREDENTIAL_PATH = re.compile(
+    r"/+[^/]+/+meta-data/+iam/+security-credentials(-extended)?/+([^/]+)/*")
+
+
 def credential_path(path: str) -> CredentialPath | None:
-    """`/<version>/meta-data/iam/security-credentials[-extended]/<role>` [C-03] [X-01]."""
-    parts = [s for s in path.split("/") if s]
-    if len(parts) != 5 or parts[1:3] != ["meta-data", "iam"]:
+    """The role whose credential document `path` asks for, or None for any other path."""
+    match = _CREDENTIAL_PATH.fullmatch(path)
+    if match is None:
         return None
-    if parts[3] == "security-credentials":
-        return CredentialPath(parts[4], False)
-    if parts[3] == "security-credentials-extended":
-        return CredentialPath(parts[4], True)
-    return None
+    return CredentialPath(match[2], match[1] is not None)
 
 
 class Faults:

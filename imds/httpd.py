@@ -3,7 +3,7 @@ The HTTP layer under the app: bounded parsing, a connection cap, idle and slow-c
 timeouts, EC2-shaped answers to requests that do not parse, and a quiet access log.
 
 aiohttp parses (llhttp, in C) and runs the app; this module only sets its limits and
-replaces the three parts that would otherwise let one client hurt the others or answer
+replaces the parts that would otherwise let one client hurt the others or answer
 un-EC2-like:
 
 - `CappedServer` keeps at most `max_connections` open. Over the cap it closes the
@@ -12,9 +12,10 @@ un-EC2-like:
 - `Ec2RequestHandler` answers what aiohttp cannot parse (bad request line, oversized or
   too many headers, bad encoding) with EC2's 400 and `Server: EC2ws` instead of aiohttp's
   own page [R-10], logs no byte of it (it may carry a token), and closes the connection.
-- `AccessLog` writes one line per request at debug level only: formatting a line per
-  request at info cost more CPU than everything else on the request path together
-  (docs/benchmarks.md).
+- `ec2_errors` does the same for the pages aiohttp's router would send itself (a target
+  that is no path: `CONNECT host:port`, `OPTIONS *`).
+- `AccessLog` writes one line per request at debug level only: a line per request at
+  info took over a third of the CPU each request cost (docs/benchmarks.md).
 
 The idle timeout is aiohttp's keep-alive timer, armed when a connection opens and after
 each response and disarmed only by a complete request, so it bounds a slowloris client
@@ -24,8 +25,10 @@ each response and disarmed only by a complete request, so it bounds a slowloris 
 from __future__ import annotations
 
 import logging
+import re
 import resource
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,13 +70,17 @@ class Limits:
         """Keyword arguments for aiohttp's `RequestHandler`."""
         return {
             "keepalive_timeout": self.idle_timeout,
-            # The request line and each header line; llhttp stops reading past either.
+            # The request line, each header name, each header value; the parser stops
+            # reading past any of them.
             "max_line_size": self.max_header_size,
             "max_field_size": self.max_header_size,
             "max_headers": self.max_headers,
             # Never wait to drain a body nobody asked for: the app refuses bodies and the
             # connection closes, instead of reading for up to 10 s (aiohttp's default).
             "lingering_time": 0.0,
+            # TCP keep-alive probes start after two hours; the idle timeout is far shorter,
+            # so the per-connection setsockopt is pure cost.
+            "tcp_keepalive": False,
             "access_log_class": AccessLog,
         }
 
@@ -98,8 +105,15 @@ def open_file_budget(wanted: int) -> int:
     return max(1, min(wanted, soft - _SPARE_FDS))
 
 
+# An IMDS token as imds issues them [T-07]: 56 characters, URL-safe base64, padded.
+_TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_-]{54}==")
+
+
 class AccessLog(AbstractAccessLogger):
-    """One debug line per request; never a header (the token lives in one)."""
+    """
+    One debug line per request; never a header (the token lives in one), and a token
+    pasted into a path by mistake is blanked too.
+    """
 
     @property
     def enabled(self) -> bool:
@@ -111,11 +125,51 @@ class AccessLog(AbstractAccessLogger):
             request.remote,
             request.method,
             # Percent-encoded, so a hostile path cannot forge log lines.
-            request.rel_url.raw_path,
+            _TOKEN_SHAPED.sub("(token)", request.rel_url.raw_path),
             response.status,
             response.body_length,
             time,
         )
+
+
+def _ec2_error(status: int) -> web.Response:
+    """An error answer in EC2's shape [R-06] [R-10], closing the connection."""
+    if status >= 500:
+        body = p.EMPTY
+    elif status == 404:
+        body = p.NOT_FOUND_BODY
+    elif status == 405:
+        body = p.METHOD_NOT_ALLOWED_BODY
+    else:
+        status, body = 400, p.BAD_REQUEST_BODY
+    response = web.Response(
+        status=status,
+        body=body,
+        # [N-04] EC2 says it on every answer.
+        headers={"Server": p.SERVER_NAME, "Content-Type": p.TEXT_PLAIN,
+                 "Connection": "close"},
+    )
+    if status == 405:
+        response.headers["Allow"] = p.METADATA_ALLOW
+    response.force_close()
+    return response
+
+
+def ec2_errors(handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+               ) -> Callable[[BaseRequest], Awaitable[web.StreamResponse]]:
+    """
+    The app's entry point, with aiohttp's own error pages replaced by EC2's. The router
+    answers a target that is not a path (`CONNECT host:port`, `OPTIONS *`) before the
+    catch-all route can see it.
+    """
+
+    async def answer(request: BaseRequest) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            return _ec2_error(exc.status)
+
+    return answer
 
 
 class Ec2RequestHandler(RequestHandler):
@@ -145,24 +199,20 @@ class Ec2RequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             # Part of a response is out already; only closing the connection is left.
             raise ConnectionError("response already started")
-        # [R-10] EC2's 400 page; parse errors are the client's, so always 400.
-        body = p.BAD_REQUEST_BODY if status < 500 else p.EMPTY
-        response = web.Response(
-            status=400 if status < 500 else status,
-            body=body,
-            headers={"Server": p.SERVER_NAME, "Content-Type": p.TEXT_PLAIN},
-        )
-        # The parser cannot find the next request after garbage: close.
-        response.force_close()
-        return response
+        # [R-10] EC2's 400 page: parse errors are the client's. The connection closes
+        # (the parser cannot find the next request after garbage), and the status line
+        # says HTTP/1.0: aiohttp answers an unparsed request in the oldest version.
+        return _ec2_error(400 if status < 500 else status)
 
 
 class CappedServer(Server):
     """aiohttp's connection factory with a cap on open connections."""
 
     def __init__(self, base: Server, max_connections: int) -> None:
+        # aiohttp offers no hook for the protocol class, so the server the runner built is
+        # rebuilt from its own arguments (private, but tests/test_limits.py pins them).
         super().__init__(
-            base.request_handler,
+            ec2_errors(base.request_handler),
             request_factory=base.request_factory,
             handler_cancellation=base.handler_cancellation,
             loop=base._loop,
@@ -214,6 +264,16 @@ class Runner(web.AppRunner):
         if self._max_connections < limits.max_connections:
             log.warning("only %d connections fit under the open file limit; capping there",
                         self._max_connections)
+
+    @property
+    def backlog(self) -> int:
+        """
+        Accept queue length for the listening sockets: a burst of new clients (a fleet of
+        containers starting) waits there instead of having its SYNs dropped, which costs
+        a client a one-second retransmit, botocore's whole timeout [S-PY-06]. The kernel
+        caps it at net.core.somaxconn.
+        """
+        return max(128, self._max_connections)
 
     async def _make_server(self) -> Server:
         return CappedServer(await super()._make_server(), self._max_connections)

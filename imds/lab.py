@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -48,8 +48,7 @@ class LabError(Exception):
         self.status = status
 
 
-@dataclass(frozen=True, slots=True)
-class ClientFetch:
+class ClientFetch(NamedTuple):
     """A client fetched a credential document: when, from where, which key (hint)."""
 
     at: float
@@ -134,7 +133,8 @@ def key_in(body: bytes) -> str:
         return ""
     start = at + len(_KEY_FIELD)
     end = body.find(b'"', start)
-    return redact_key_id(body[start:end].decode("ascii", "replace"))
+    # Only the last four characters are ever decoded (redact_key_id's rule).
+    return redact_key_id(body[max(start, end - 4):end].decode("ascii", "replace"))
 
 
 class Lab:
@@ -185,50 +185,53 @@ class Lab:
         fetches = self.fetches
         rotators = self.rotators
         clock = self.clock
+        count = self._count
 
         async def observed(request: web.Request) -> web.StreamResponse:
+            # With no fault injected this reads one empty tuple; see benchmarks/lab_overhead.py.
             if faults.active:
                 early = await faults.apply_before(request, respond)
                 if early is not None:
-                    self._count(request, early)
+                    transport = request.transport
+                    dropped = transport is None or transport.is_closing()
+                    count(request.path, "dropped" if dropped else early.status)
                     return early
             response = await handle(request)
-            applied = ""
-            if faults.after:
-                applied = faults.apply_after(request, response, rotators)
-            status = self._count(request, response)
+            applied = faults.apply_after(request, response, rotators) if faults.after else ""
+            status = response.status
+            path = request.path
+            count(path, status)
             if status == 200:
-                path = request.path
                 if path == p.TOKEN_PATH:
                     self.tokens_issued += 1
-                elif _CREDENTIALS_PATH in path and isinstance(response, web.Response):
-                    target = credential_path(path)  # not the listing: a role's document
-                    if target is not None:
-                        self.credential_fetches += 1
-                        body = response.body
-                        fetches.append(ClientFetch(
-                            clock(), request.remote or "", target.role,
-                            key_in(body) if isinstance(body, bytes) else "", applied,
-                        ))
+                elif _CREDENTIALS_PATH in path:
+                    record(request, path, response, applied)
             return response
+
+        def record(request: web.Request, path: str, response: web.StreamResponse,
+                   applied: str) -> None:
+            target = credential_path(path)  # a role's document, not the listing
+            if target is not None and isinstance(response, web.Response):
+                self.credential_fetches += 1
+                body = response.body
+                fetches.append(ClientFetch(
+                    clock(), request.remote or "", target.role,
+                    key_in(body) if isinstance(body, bytes) else "", applied,
+                ))
 
         return observed
 
-    def _count(self, request: web.Request, response: web.StreamResponse) -> int | str:
-        transport = request.transport
-        status: int | str = response.status
-        if transport is None or transport.is_closing():
-            status = "dropped"
-        key = (request.path, status)
+    def _count(self, path: str, status: int | str) -> None:
+        key = (path, status)
         requests = self.requests
-        if key in requests:
-            requests[key] += 1
+        known = requests.get(key)
+        if known is not None:
+            requests[key] = known + 1
         elif len(requests) < MAX_COUNTED_PATHS:
             requests[key] = 1
         else:
             overflow = (OVERFLOW_PATH, status)
             requests[overflow] = requests.get(overflow, 0) + 1
-        return status
 
     # ------------------------------------------------------------------ actions
 

@@ -101,6 +101,7 @@ async def start_sites(
     where: tuple[Endpoint, ...],
     *,
     address_wait: float = 5.0,
+    backlog: int = 128,
 ) -> list[web.TCPSite]:
     """
     Bind every endpoint; all or nothing (sites already started are stopped on failure,
@@ -115,7 +116,8 @@ async def start_sites(
         for endpoint in where:
             deadline = time.monotonic() + address_wait
             while True:
-                site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True)
+                site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True,
+                                   backlog=backlog)
                 try:
                     await site.start()
                     break

@@ -120,7 +120,8 @@ async def start(
     runner = httpd.Runner(app, httpd.Limits.of(config))
     await runner.setup()
     try:
-        await start_sites(runner, endpoints(config.listen, config.host, config.port))
+        await start_sites(runner, endpoints(config.listen, config.host, config.port),
+                          backlog=runner.backlog)
     except StartupError:
         await runner.cleanup()
         raise

@@ -39,7 +39,8 @@ REQUIRED_TOOLS = ("podman", "runc", "debootstrap", "nsenter", "ip", "iptables")
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("IMDS_CONTAINER_CACHE", "/var/tmp/imds-container-cache"))
+    # Not an IMDS_* name: tests/conftest.py clears those for every test.
+    return Path(os.environ.get("IMDSTEST_CONTAINER_CACHE", "/var/tmp/imds-container-cache"))
 
 
 def podman_compose() -> str | None:
@@ -108,7 +109,8 @@ class Podman:
     @property
     def env(self) -> dict[str, str]:
         return {
-            "PATH": f"{BIN}{os.pathsep}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": f"{BIN}{os.pathsep}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                    "/sbin:/bin",
             "HOME": str(self.run_dir),
             "LANG": "C.UTF-8",
             "CONTAINERS_CONF": str(self.run_dir / "containers.conf"),
@@ -142,9 +144,15 @@ class Podman:
 
     def run(self, args: Sequence[str], *, timeout: float = 600, check: bool = True,
             env: Mapping[str, str] | None = None, stdin: str | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        """A podman (or podman-compose) command, inside the test's namespace."""
-        argv = ["nsenter", f"--net=/run/netns/{self.namespace.name}", *args]
+            cwd: Path | None = None, host_network: bool = False,
+            ) -> subprocess.CompletedProcess[str]:
+        """
+        A podman (or podman-compose) command, inside the test's namespace unless
+        `host_network`: only builds (`--network=host`, which makes no bridge, route or
+        rule) and image imports need the host's network, to reach the package mirrors.
+        """
+        prefix = [] if host_network else ["nsenter", f"--net=/run/netns/{self.namespace.name}"]
+        argv = [*prefix, *args]
         result = subprocess.run(argv, env={**self.env, **(env or {})}, input=stdin,
                                 capture_output=True, text=True, timeout=timeout, check=False,
                                 cwd=cwd)
@@ -181,8 +189,7 @@ class Podman:
                                        stdout=subprocess.PIPE)
                 try:
                     result = subprocess.run(
-                        ["nsenter", f"--net=/run/netns/{self.namespace.name}", "podman",
-                         "import", "--change", 'CMD ["/bin/bash"]', "-", BASE_IMAGE],
+                        ["podman", "import", "--change", 'CMD ["/bin/bash"]', "-", BASE_IMAGE],
                         stdin=tar.stdout, env=self.env, capture_output=True, text=True,
                         timeout=600, check=False)
                 finally:
@@ -206,7 +213,7 @@ class Podman:
         if containerfile is not None:
             argv += ["-f", str(containerfile)]
         with self.timings.phase(f"build {tag}"):
-            self.podman(*argv, str(context), timeout=900)
+            self.podman(*argv, str(context), timeout=900, host_network=True)
 
     def prune_if_large(self, limit_bytes: int = 4 << 30) -> None:
         """

@@ -169,6 +169,31 @@ class TestActions:
         assert 400 == (await lab.call("POST", "/api/expire", [1]))[0]
 
 
+class TestRoleMap:
+    async def test_actions_and_faults_reach_a_mapped_role(
+        self, imds_factory: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path
+    ) -> None:
+        """With --role-map every role has its own rotator; `role` picks it."""
+        roles = tmp_path / "roles.toml"
+        roles.write_text('unmapped = "default-role"\n[clients]\n"127.0.0.1" = "mapped"\n')
+        lab = ControlAPI(http, await imds_factory(role_map=str(roles)))
+        status = await lab.status()
+        assert {ROLE, "mapped"} == set(status["roles"])
+        before = status["roles"]["mapped"]["current"]["key"]
+        rotated = await lab.ok("POST", "/api/rotate", {"role": "mapped"})
+        assert ("mapped", True) == (rotated["role"], rotated["key"] != before)
+        # This client is mapped to "mapped": its credential document, revoked.
+        await lab.ok("POST", "/api/revoke", {"role": "mapped"})
+        tok = await token(http, lab.running.url)
+        _, body = await get(http, lab.running.url,
+                            "/latest/meta-data/iam/security-credentials/mapped", tok)
+        assert b"AssumeRoleUnauthorizedAccess" in body
+        assert ROLE == (await lab.status())["role"]  # the server's own stays the default
+        await lab.fault(kind="source", count=1)
+        status_code, data = await lab.call("POST", "/api/rotate", {"role": "mapped"})
+        assert (503, True) == (status_code, "simulated source outage" in data["error"])
+
+
 class TestFaultEndpoints:
     async def test_add_list_clear_one_and_clear_all(self, lab: ControlAPI) -> None:
         one = await lab.fault(kind="status")

@@ -121,6 +121,9 @@ def imds_in_instance(lab: netns.Lab, *args: str) -> Iterator[Server]:
     finally:
         process.terminate()
         process.wait(10)
+        # The pipes reach EOF once the process is gone; join before the lab closes them.
+        drain.join(10)
+        rest.join(10)
 
 
 def probe(lab: netns.Lab, where: str, *args: str, **env: str) -> dict[str, object]:

@@ -1,0 +1,303 @@
+"""
+Property tests against a running server over real sockets: whatever arrives, the answer
+is one of EC2's statuses, nothing crashes, the server serves normally afterwards, and no
+token it did not issue (or issued to someone else, or that has expired) is accepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import secrets
+import socket
+import string
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imds.server import Running, ServerThread
+from imds.tokens import TOKEN_LENGTH, TokenSigner
+from tests.conftest import make_config
+
+TTL = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN = "X-aws-ec2-metadata-token"
+ROLE = "imds-local-role"
+CREDENTIALS = f"/latest/meta-data/iam/security-credentials/{ROLE}"
+# [T-03] [T-11] [T-14] [A-03] [A-04] [R-06] [Q-02] and 200: all EC2 ever answers here.
+EC2_STATUSES = frozenset({200, 400, 401, 403, 404, 405, 417})
+B64URL = string.ascii_letters + string.digits + "-_"
+
+# Modest counts keep the suite fast; `--hypothesis-seed` reproduces a failure.
+FUZZ = settings(
+    max_examples=80,
+    deadline=None,
+    database=None,
+    # The server fixture is shared by all examples on purpose: it must survive them all.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+class Clock:
+    """Wall time plus an offset the tests move forward (token expiry)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def exchange(port: int, raw: bytes, *, source: str = "127.0.0.1") -> Answer | None:
+    """Send `raw` on a new connection and read until the server closes (it always does)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5,
+                                  source_address=(source, 0)) as sock:
+        # The server may answer and close before it has read everything (a bad header).
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(raw)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Answer(int(lines[0].split()[1]), headers, body)
+
+
+def request(method: str, path: str, headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 169.254.169.254"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def port_of(server: Running) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+def issue(server: Running, ttl: int = 21600, source: str = "127.0.0.1") -> str:
+    answer = exchange(port_of(server), request("PUT", "/latest/api/token", {TTL: str(ttl)}),
+                      source=source)
+    assert answer is not None and 200 == answer.status
+    return answer.body.decode()
+
+
+def get_credentials(server: Running, token: str, source: str = "127.0.0.1") -> int:
+    answer = exchange(port_of(server), request("GET", CREDENTIALS, {TOKEN: token}),
+                      source=source)
+    assert answer is not None
+    return answer.status
+
+
+def serves_normally(server: Running) -> bool:
+    token = issue(server)
+    answer = exchange(port_of(server), request("GET", CREDENTIALS, {TOKEN: token}))
+    return answer is not None and 200 == answer.status and b'"Code" : "Success"' in answer.body
+
+
+@pytest.fixture(scope="module")
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(scope="module")
+def server(clock: Clock) -> Iterator[Running]:
+    thread = ServerThread(make_config(), clock=clock)
+    yield thread.start()
+    thread.stop()
+
+
+@pytest.fixture
+def no_internal_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Nothing the fuzzer sends may make imds log an internal error."""
+    caplog.set_level(logging.DEBUG, logger="imds")
+    yield
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [] == [r.getMessage() for r in errors]
+
+
+# ---------------------------------------------------------------------- strategies
+
+METHODS = st.one_of(
+    st.sampled_from(["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "TRACE",
+                     "CONNECT", "PROPFIND", "get", "Put"]),
+    st.text(alphabet=string.ascii_letters + "-_!#", min_size=1, max_size=12),
+)
+SEGMENTS = st.one_of(
+    st.sampled_from(["latest", "meta-data", "iam", "security-credentials", ROLE, "api",
+                     "token", "dynamic", "instance-identity", "document", "user-data",
+                     "2009-04-04", "..", ".", "", "%2e%2e", "%2F", "%00", "%ff%fe",
+                     "placement", "region", "tags", "instance"]),
+    st.text(alphabet=(string.ascii_letters + string.digits + string.punctuation)
+            .replace("?", "").replace("#", ""), max_size=20),
+    st.binary(max_size=8).map(lambda raw: "".join(f"%{b:02x}" for b in raw)),
+)
+PATHS = st.one_of(
+    st.lists(SEGMENTS, max_size=8).map(lambda parts: "/" + "/".join(parts)),
+    st.integers(min_value=100, max_value=12000).map(lambda n: "/latest/meta-data/" + "a" * n),
+    st.sampled_from(["/latest/api/token", CREDENTIALS, "/", "*", "http://169.254.169.254/",
+                     "//latest//meta-data", "/latest/meta-data/../../../etc/passwd"]),
+)
+HEADER_NAMES = st.one_of(
+    st.sampled_from([TOKEN, TTL, "X-Forwarded-For", "Host", "Content-Length",
+                     "Transfer-Encoding", "Expect", "Connection", "Upgrade", "Range",
+                     "Accept-Encoding", "X-aws-ec2-metadata-token".upper()]),
+    st.text(alphabet=string.ascii_letters + string.digits + "-_.!~", min_size=1,
+            max_size=30),
+)
+# Anything but CR and LF, which would end the header early (that is the parser's job).
+HEADER_VALUES = st.one_of(
+    st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=60),
+    st.sampled_from(["21600", "0", "-1", "100-continue", "chunked", "close", "keep-alive",
+                     "websocket", "gzip", "bytes=0-10", "10"]),
+)
+RAW_TARGETS = st.binary(min_size=1, max_size=40).filter(
+    lambda raw: b"\r" not in raw and b"\n" not in raw)
+
+
+# ---------------------------------------------------------------------- properties
+
+
+class TestAnyRequest:
+    @FUZZ
+    @given(method=METHODS, path=PATHS,
+           headers=st.dictionaries(HEADER_NAMES, HEADER_VALUES, max_size=6),
+           version=st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.2"]))
+    def test_gets_an_ec2_status_and_the_server_serves_on(
+        self, server: Running, no_internal_errors: None, method: str, path: str,
+        headers: dict[str, str], version: str,
+    ) -> None:
+        lines = [f"{method} {path} {version}", *(f"{k}: {v}" for k, v in headers.items())]
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+        answer = exchange(port_of(server), raw)
+        assert answer is not None
+        assert answer.status in EC2_STATUSES
+        assert "EC2ws" == answer.headers.get("server")
+        assert serves_normally(server)
+
+    @FUZZ
+    @given(target=RAW_TARGETS, method=st.sampled_from([b"GET", b"PUT", b"HEAD"]))
+    def test_non_utf8_bytes_in_the_request_line(
+        self, server: Running, no_internal_errors: None, target: bytes, method: bytes
+    ) -> None:
+        raw = method + b" /latest/" + target + b" HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"
+        answer = exchange(port_of(server), raw)
+        assert answer is not None
+        assert answer.status in EC2_STATUSES
+        assert serves_normally(server)
+
+
+class TestTtl:
+    @FUZZ
+    @given(ttl=st.one_of(
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
+        st.integers(min_value=-10, max_value=30000).map(str),
+        st.sampled_from(["+60", "60.0", "060", "0x10", "1e3", "21600", "21601", "1",
+                         "٣", "６０", "60 60"]),
+    ))
+    def test_only_a_plain_integer_in_range_gets_a_token(
+        self, server: Running, no_internal_errors: None, ttl: str
+    ) -> None:
+        """[T-02] [T-04] the spec's rule, written independently of imds.tokens."""
+        clean = ttl.replace("\r", "").replace("\n", "")
+        answer = exchange(port_of(server), request("PUT", "/latest/api/token", {TTL: clean}))
+        assert answer is not None
+        # HTTP strips optional whitespace around a header value before anyone sees it.
+        seen = clean.strip(" \t")
+        valid = re.fullmatch(r"[1-9][0-9]{0,4}", seen) is not None and int(seen) <= 21600
+        if valid:
+            assert 200 == answer.status
+            assert seen == answer.headers["x-aws-ec2-metadata-token-ttl-seconds"]
+            assert TOKEN_LENGTH == len(answer.body)
+        else:
+            assert 400 == answer.status
+
+
+class TestTokensNotIssuedHereAreRefused:
+    @FUZZ
+    @given(token=st.one_of(
+        st.text(alphabet=B64URL, min_size=TOKEN_LENGTH - 2, max_size=TOKEN_LENGTH - 2)
+        .map(lambda body: body + "=="),
+        st.text(alphabet=B64URL + "=", min_size=TOKEN_LENGTH, max_size=TOKEN_LENGTH),
+        st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=80),
+    ))
+    def test_random_tokens(self, server: Running, no_internal_errors: None, token: str) -> None:
+        status = get_credentials(server, token)
+        # 400 only where the value itself is not a valid header (e.g. a NUL).
+        assert status in (400, 401)
+
+    @FUZZ
+    @given(at=st.integers(min_value=0, max_value=TOKEN_LENGTH - 1),
+           shift=st.integers(min_value=1, max_value=len(B64URL)))
+    def test_mutated_tokens(self, server: Running, no_internal_errors: None, at: int,
+                            shift: int) -> None:
+        """One character replaced by any other of the alphabet (or padding)."""
+        token = issue(server)
+        alphabet = B64URL + "="
+        other = alphabet[(alphabet.index(token[at]) + shift) % len(alphabet)]
+        mutated = token[:at] + other + token[at + 1:]
+        assert 401 == get_credentials(server, mutated)
+        assert 200 == get_credentials(server, token)
+
+    @FUZZ
+    @given(keep=st.integers(min_value=0, max_value=TOKEN_LENGTH - 1),
+           extra=st.text(alphabet=B64URL + "=", min_size=1, max_size=8))
+    def test_truncated_and_extended_tokens(
+        self, server: Running, no_internal_errors: None, keep: int, extra: str
+    ) -> None:
+        token = issue(server)
+        assert 401 == get_credentials(server, token[:keep])
+        assert 401 == get_credentials(server, token + extra)
+
+    @FUZZ
+    @given(ttl=st.integers(min_value=1, max_value=21600))
+    def test_tokens_signed_with_another_key(
+        self, server: Running, no_internal_errors: None, ttl: int
+    ) -> None:
+        """Right format, right client, right expiry: only the key differs."""
+        forged = TokenSigner(time.time, key=secrets.token_bytes(32)).issue(ttl, "127.0.0.1")
+        assert TOKEN_LENGTH == len(forged)
+        assert 401 == get_credentials(server, forged)
+
+    @FUZZ
+    @given(ttl=st.integers(min_value=1, max_value=21600),
+           late=st.floats(min_value=0, max_value=100_000))
+    def test_expired_tokens(
+        self, server: Running, clock: Clock, no_internal_errors: None, ttl: int, late: float
+    ) -> None:
+        """[T-21] invalid from the instant created + ttl, and forever after."""
+        token = issue(server, ttl)
+        clock.offset += ttl + late
+        assert 401 == get_credentials(server, token)
+
+    @settings(FUZZ, max_examples=20)
+    @given(ttl=st.integers(min_value=1, max_value=21600))
+    def test_tokens_used_from_another_address(
+        self, server: Running, no_internal_errors: None, ttl: int
+    ) -> None:
+        """[T-08] a token is bound to the caller that asked for it."""
+        token = issue(server, ttl, source="127.0.0.1")
+        assert 401 == get_credentials(server, token, source="127.0.0.2")
+        assert 200 == get_credentials(server, token, source="127.0.0.1")
