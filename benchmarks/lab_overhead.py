@@ -124,6 +124,20 @@ async def main() -> None:
         ("with lab, no fault, credentials", wrapped,
          requests_for(wrapped, token, CREDENTIALS, n)),
     ]
+    # The wrapper alone, around a handler that answers at once (it reads the path, as the
+    # real one does first): the difference is the lab's own cost, free of the handler's.
+    answer = web.Response(body=b"i-0123456789abcdef0")
+
+    async def instant(request: web.Request) -> web.StreamResponse:
+        request.path  # noqa: B018 - computed (and cached) by the real handler too
+        return answer
+
+    alone = Lab(time.time).wrap(instant, lambda *a: answer)
+    for name, path in (("instance-id", INSTANCE_ID), ("credentials", CREDENTIALS)):
+        cases.append((f"instant handler, {name}", _app_with(instant),
+                      requests_for(bare, bare_token, path, n)))
+        cases.append((f"instant handler in lab, {name}", _app_with(alone),
+                      requests_for(bare, bare_token, path, n)))
     result = await interleaved(cases, args.rounds)
     width = max(map(len, result))
     for name, ns in result.items():
@@ -133,6 +147,28 @@ async def main() -> None:
           " ns (instance-id), "
           f"{result['with lab, no fault, credentials'] - result['bare handler, credentials']:+.0f}"
           " ns (credentials)")
+    for name in ("instance-id", "credentials"):
+        cost = result[f"instant handler in lab, {name}"] - result[f"instant handler, {name}"]
+        print(f"the wrapper alone, {name}: {cost:+.0f} ns")
+
+
+def _app_with(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+    """Something `handler_of` can read a handler from."""
+
+    class Route:
+        pass
+
+    route = Route()
+    route.handler = handler  # type: ignore[attr-defined]
+
+    class Router:
+        def routes(self) -> list[Any]:
+            return [route]
+
+    class App:
+        router = Router()
+
+    return App()
 
 
 if __name__ == "__main__":

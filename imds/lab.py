@@ -214,10 +214,12 @@ class Lab:
             if target is not None and isinstance(response, web.Response):
                 self.credential_fetches += 1
                 body = response.body
-                fetches.append(ClientFetch(
-                    clock(), request.remote or "", target.role,
-                    key_in(body) if isinstance(body, bytes) else "", applied,
-                ))
+                fetch = ClientFetch(clock(), request.remote or "", target.role,
+                                    key_in(body) if isinstance(body, bytes) else "", applied)
+                fetches.append(fetch)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("client %s fetched role %s: key %s%s", fetch.client, fetch.role,
+                              fetch.key or "(none)", f" ({applied})" if applied else "")
 
         return observed
 
@@ -292,6 +294,11 @@ class Lab:
         Change the lifetime of the next credentials and how far ahead of expiry the rotator
         replaces them; the schedule is reconsidered at once.
         """
+        # The bounds of --credential-lifetime and --refresh-ahead [T-02].
+        if lifetime is not None and not 1 <= lifetime <= 43200:
+            raise LabError(f"lifetime: expected seconds in 1..43200, got {lifetime!r}")
+        if refresh_ahead is not None and not 0 <= refresh_ahead <= 21600:
+            raise LabError(f"refresh_ahead: expected seconds in 0..21600, got {refresh_ahead!r}")
         rotator = self.rotator(role)
         source: Any = rotator.source
         inner = source.inner if isinstance(source, WatchedSource) else source
