@@ -62,7 +62,9 @@ _PAGE_HEADERS = {
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    # Hex, not URL-safe base64: a token starting with `-` would read as a flag when
+    # passed as `imds ctl --control-token TOKEN`.
+    return secrets.token_hex(32)
 
 
 def load_or_create_token(state_dir: str) -> str:
