@@ -30,7 +30,7 @@ from imds.rotation import Rotator
 from imds.tokens import InvalidTTL, TokenSigner, parse_ttl
 
 if TYPE_CHECKING:
-    from imds.lab import Lab
+    from imds.lab import Handler, Lab
 
 log = logging.getLogger("imds.app")
 
@@ -215,7 +215,7 @@ def make_app(
     # Header limits, timeouts and the connection cap are the server's (imds.httpd.Limits).
     app = web.Application()
     app[STATE] = state
-    handler = handle
+    handler: Handler = handle
     if lab is not None:
         handler = lab.wrap(handle, lambda status, body=p.EMPTY: _respond(state, status, body))
     app.router.add_route("*", "/{tail:.*}", handler, expect_handler=_refuse_expect)

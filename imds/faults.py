@@ -109,7 +109,8 @@ class FaultSpec:
         return spec._checked()
 
     def _checked(self) -> FaultSpec:
-        kind, changes = self.kind, {}
+        kind = self.kind
+        changes: dict[str, Any] = {}
         if kind in ("status", "token"):
             default = 503 if kind == "status" else 404
             status = self.status if self.status is not None else default

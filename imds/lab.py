@@ -301,7 +301,8 @@ class Lab:
             raise LabError(f"refresh_ahead: expected seconds in 0..21600, got {refresh_ahead!r}")
         rotator = self.rotator(role)
         source: Any = rotator.source
-        inner = source.inner if isinstance(source, WatchedSource) else source
+        # Any: whether `lifetime` can be set is asked of the source's type, at runtime.
+        inner: Any = source.inner if isinstance(source, WatchedSource) else source
         if lifetime is not None:
             setter = getattr(type(inner), "lifetime", None)
             if not isinstance(setter, property) or setter.fset is None:

@@ -145,5 +145,5 @@ class LabCollector:
 def render(lab: Lab) -> bytes:
     """The exposition text for one lab."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LabCollector(lab))  # type: ignore[arg-type]
+    registry.register(LabCollector(lab))
     return generate_latest(registry)

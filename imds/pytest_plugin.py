@@ -155,7 +155,7 @@ class _Server:
         return current.credentials
 
     def rotate(self) -> Credentials:
-        return self._thread.call(self.lab.rotate).credentials  # type: ignore[attr-defined]
+        return self._thread.call(self.lab.rotate).credentials
 
     def expire(self) -> _Fault:
         return _Fault(self, self.on_loop(self.lab.expire))

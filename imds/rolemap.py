@@ -146,8 +146,9 @@ def config_for_role(config: Any, role: str) -> Any:
 
 def own_role(config: Any) -> str:
     """The role the configuration serves by itself, in role-map spelling."""
-    chain = getattr(config, "role_arn", ())
-    return chain[-1] if chain else config.role_name
+    chain: tuple[str, ...] = getattr(config, "role_arn", ())
+    role: str = chain[-1] if chain else config.role_name
+    return role
 
 
 def without_iam(tree: Directory) -> Directory:

@@ -14,8 +14,9 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -37,6 +38,8 @@ from imds.listen import endpoints, start_sites, urls
 from imds.rotation import Rotator
 from imds.sources import CredentialSource, LocalSource
 from imds.tokens import TokenSigner
+
+T = TypeVar("T")
 
 
 def build_source(config: Config, clock: Callable[[], float]) -> CredentialSource:
@@ -202,10 +205,10 @@ class ServerThread:
         self.running = future.result(timeout=30)
         return self.running
 
-    def call(self, coro_fn: Callable[[], object], timeout: float = 30) -> object:
+    def call(self, coro_fn: Callable[[], Awaitable[T]], timeout: float = 30) -> T:
         """Run a coroutine function on the server's loop and return its result."""
-        async def wrapper() -> object:
-            return await coro_fn()  # type: ignore[misc]
+        async def wrapper() -> T:
+            return await coro_fn()
 
         return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(timeout)
 

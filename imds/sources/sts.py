@@ -424,11 +424,12 @@ class AssumeRoleSource:
         failures = []
         # The served session is in the role's own account (GetRole is not cross-account),
         # but may lack iam:GetRole; the base identity may have it.
-        for who, make in (
+        clients: tuple[tuple[str, Callable[[], Any]], ...] = (
             ("the role's own session", lambda: self._client_with(creds, "iam", **_ONE_TRY)),
             ("your base credentials", lambda: self._session.client(
                 "iam", region_name=self.settings.region, config=self._client_config(**_ONE_TRY))),
-        ):
+        )
+        for who, make in clients:
             try:
                 document = make().get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]
                 trusted = trusts_ec2(document)
@@ -473,8 +474,10 @@ def trusts_ec2(document: Mapping[str, Any] | str) -> bool:
     """
     if isinstance(document, str):
         # IAM returns the document URL-encoded; boto3 usually decodes it already.
-        document = json.loads(urllib.parse.unquote(document))
-    for statement in _as_list(document.get("Statement")):
+        policy: Mapping[str, Any] = json.loads(urllib.parse.unquote(document))
+    else:
+        policy = document
+    for statement in _as_list(policy.get("Statement")):
         if not isinstance(statement, Mapping) or statement.get("Effect") != "Allow":
             continue
         actions = [str(a).lower() for a in _as_list(statement.get("Action"))]
