@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -170,11 +171,17 @@ def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"imds ctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     if isinstance(result, str):
-        sys.stdout.write(result if result.endswith("\n") else result + "\n")
+        text = result if result.endswith("\n") else result + "\n"
     elif args.json:
-        print(json.dumps(result, indent=2))
+        text = json.dumps(result, indent=2) + "\n"
     else:
-        print(_human(args.action, result))
+        text = _human(args.action, result) + "\n"
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `imds ctl status | head`: the reader left; say nothing more, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
