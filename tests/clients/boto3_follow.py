@@ -6,7 +6,7 @@ variable), then calls STS GetCallerIdentity on `--api-url` every `--interval` se
 `--seconds`, printing one JSON line per call: the key id suffix used and whether it worked.
 
 botocore refreshes IMDS credentials 15 minutes before expiry and, for credentials closer
-to expiry than that, extends them locally by 12-20 minutes (S-PY-07, S-PY-08): on a real
+to expiry than that, gives them a local expiry 17-25 minutes out (S-PY-07, S-PY-08): on a real
 clock a short-lived credential is re-fetched only every 2-10 minutes. `--time-scale`
 shrinks exactly those windows (the advisory/mandatory refresh timeouts and the extension
 jitter) so that rotation is visible in seconds; every request still goes through the SDK's
