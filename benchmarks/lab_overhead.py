@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -69,7 +70,7 @@ async def build(with_lab: bool) -> tuple[web.Application, Lab | None, str]:
         lab.attach(rotator, primary=True)
     await rotator.prime()
     signer = TokenSigner(time.time)
-    tree = build_tree(config, rotator, time.time, __import__("datetime").datetime.now())
+    tree = build_tree(config, rotator, time.time, datetime.datetime.now(datetime.UTC))
     application = app_module.make_app(config, tree=tree, rotator=rotator, clock=time.time,
                                       signer=signer, lab=lab)
     return application, lab, signer.issue(21600, "127.0.0.1")

@@ -82,9 +82,6 @@ def _token_endpoint(request: web.Request, state: State) -> web.Response:
     if "X-Forwarded-For" in request.headers:
         # [T-09] PUTs that went through a proxy are refused: the SSRF defence of IMDSv2.
         return _respond(state, 403)
-    if request.content_length:
-        # EC2 takes no body on the token PUT [T-14]; refuse rather than read it.
-        return _respond(state, 400, p.BAD_REQUEST_BODY)
     try:
         ttl = parse_ttl(request.headers.get(p.TTL_HEADER))
     except InvalidTTL:

@@ -24,8 +24,9 @@ class JsonFormatter(logging.Formatter):
 
 class DropRequestEcho(logging.Filter):
     """
-    aiohttp logs a malformed request with a traceback that quotes the offending bytes,
-    which may include a token header. Keep the event, drop the echo.
+    imds.httpd answers and logs malformed requests itself; this keeps any other line
+    aiohttp's server logger writes (a connection-level error, say) to the event and the
+    exception's type, since a traceback may quote request bytes with a token header.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -26,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.processes import stop_process
+
 PREFIX = "imdst-"
 _counter = itertools.count()
 
@@ -129,13 +131,7 @@ class Lab:
 
     def close(self) -> None:
         for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
             for pipe in (process.stdout, process.stderr):
                 if pipe is not None:
                     pipe.close()

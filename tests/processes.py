@@ -71,16 +71,23 @@ def run_imds(*args: str, env: Mapping[str, str], timeout: float = 20) -> Iterato
             raise AssertionError(f"imds did not start: {banner} {''.join(stderr)}")
         yield ImdsProcess(process, url, banner, stderr)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         reader.join(5)
         for pipe in (process.stdout, process.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL after 10 s; returns once the process is gone."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def run(
