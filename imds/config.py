@@ -104,6 +104,8 @@ class Config:
     idle_timeout: int = 5
     max_header_size: int = 8190
     max_headers: int = 64
+    # The SDK's requests answered by imds.fastpath ahead of aiohttp (docs/benchmarks.md).
+    fast_path: bool = True
     # The rotation lab's control API, metrics and timeline: a listener of its own, never
     # the metadata one (docs/rotation-lab.md). The port defaults to CONTROL_PORT, or to a
     # free one when --port is 0; the token, when not given, is kept in the state dir.
@@ -364,6 +366,9 @@ OPTIONS: tuple[Option, ...] = (
            "get 400", "BYTES"),
     Option("max_headers", _int_range(1, 1024),
            "most headers a request may carry; more get 400", "N"),
+    Option("fast_path", _bool,
+           "answer plain token PUTs and metadata GETs on a lean HTTP path in front of "
+           "aiohttp, which still takes every other request (true|false)", "BOOL"),
     Option("control", _bool,
            "serve the control API, /metrics and the timeline page on their own listener",
            "BOOL"),

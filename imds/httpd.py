@@ -24,13 +24,13 @@ each response and disarmed only by a complete request, so it bounds a slowloris 
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import re
 import resource
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -39,7 +39,10 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
 from imds import protocol as p
+from imds.app import STATE
 from imds.config import Config
+from imds.fastpath import FastPath, Wire
+from imds.logs import log_access
 
 log = logging.getLogger("imds.httpd")
 
@@ -105,31 +108,16 @@ def open_file_budget(wanted: int) -> int:
     return max(1, min(wanted, soft - _SPARE_FDS))
 
 
-# An IMDS token as imds issues them [T-07]: 56 characters, URL-safe base64, padded.
-_TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_-]{54}==")
-
-
 class AccessLog(AbstractAccessLogger):
-    """
-    One debug line per request; never a header (the token lives in one), and a token
-    pasted into a path by mistake is blanked too.
-    """
+    """Requests aiohttp answered, one debug line each (imds.logs.log_access)."""
 
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.DEBUG)
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.debug(
-            '%s "%s %s" %s %s %.6f',
-            request.remote,
-            request.method,
-            # Percent-encoded, so a hostile path cannot forge log lines.
-            _TOKEN_SHAPED.sub("(token)", request.rel_url.raw_path),
-            response.status,
-            response.body_length,
-            time,
-        )
+        log_access(request.remote or "", request.method, request.rel_url.raw_path,
+                   response.status, response.body_length, time)
 
 
 def _ec2_error(status: int) -> web.Response:
@@ -205,10 +193,23 @@ class Ec2RequestHandler(RequestHandler):
         return _ec2_error(400 if status < 500 else status)
 
 
-class CappedServer(Server):
-    """aiohttp's connection factory with a cap on open connections."""
+class Connection(Protocol):
+    """What the connection cap needs of a connection: aiohttp's or the fast path's."""
 
-    def __init__(self, base: Server, max_connections: int) -> None:
+    @property
+    def idle(self) -> bool: ...
+
+    def force_close(self) -> None: ...
+
+
+class CappedServer(Server):
+    """
+    aiohttp's connection factory with a cap on open connections; with a `Wire`, each
+    connection starts on the fast path (imds.fastpath) and comes here to be handed over.
+    """
+
+    def __init__(self, base: Server, limits: Limits, max_connections: int,
+                 wire: Wire | None = None) -> None:
         # aiohttp offers no hook for the protocol class, so the server the runner built is
         # rebuilt from its own arguments (private, but tests/test_limits.py pins them).
         super().__init__(
@@ -218,36 +219,85 @@ class CappedServer(Server):
             loop=base._loop,
             **base._kwargs,
         )
+        self.limits = limits
+        self.loop = base._loop
         self.max_connections = max_connections
-        # Live connections, oldest first (dicts keep insertion order).
-        self._live: dict[RequestHandler, None] = {}
+        self.wire = wire
+        # Live connections of both kinds, oldest first (dicts keep insertion order).
+        self._live: dict[Connection, None] = {}
         self.evicted = 0
+        # Fast-path connections time out by one sweep a fraction of the idle timeout
+        # apart: a timer per connection cost more than the rest of answering it.
+        self._sweep_every = min(1.0, limits.idle_timeout / 4)
+        self._sweeper: asyncio.TimerHandle | None = None
+        if wire is not None:
+            self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
-    def __call__(self) -> RequestHandler:
+    # The event loop calls this as the listening socket's protocol factory, which may
+    # return any asyncio protocol; only aiohttp's type says RequestHandler.
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
+        if self.wire is not None:
+            return FastPath(self, self.wire)
+        return self.aiohttp_protocol()
+
+    def aiohttp_protocol(self) -> Ec2RequestHandler:
         return Ec2RequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def hand_over(self, fast: FastPath, transport: asyncio.Transport, data: bytes) -> None:
+        """Give a fast-path connection, and the bytes it has read, to aiohttp for good."""
+        self._live.pop(fast, None)
+        handler = self.aiohttp_protocol()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        handler.data_received(data)
+
+    def track(self, connection: Connection) -> None:
+        self._live[connection] = None
+        if len(self._live) > self.max_connections:
+            self._evict(newcomer=connection)
+
+    def untrack(self, connection: Connection) -> None:
+        self._live.pop(connection, None)
 
     def connection_made(self, handler: RequestHandler, transport: Any) -> None:
         super().connection_made(handler, transport)
-        self._live[handler] = None
-        if len(self._live) > self.max_connections:
-            self._evict(newcomer=handler)
+        assert isinstance(handler, Ec2RequestHandler)  # made by aiohttp_protocol()
+        self.track(handler)
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
-        self._live.pop(handler, None)
+        if isinstance(handler, Ec2RequestHandler):
+            self.untrack(handler)
         super().connection_lost(handler, exc)
 
-    def _evict(self, newcomer: RequestHandler) -> None:
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for connection in [c for c in self._live
+                           if isinstance(c, FastPath) and c.deadline <= now]:
+            connection.force_close()
+        self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+
+    def pre_shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        # Fast-path connections hold no answer in progress: they close at once.
+        for connection in list(self._live):
+            if isinstance(connection, FastPath):
+                connection.force_close()
+        super().pre_shutdown()
+
+    def _evict(self, newcomer: Connection) -> None:
         # The oldest connection waiting for a request goes first: on an IMDS (one short
         # request per connection, EC2 closes each [N-04]) that is a stalled or hostile
         # client. If every other connection is mid-request, the oldest goes.
-        oldest: RequestHandler | None = None
-        for handler in self._live:
-            if handler is newcomer:
+        oldest: Connection | None = None
+        for connection in self._live:
+            if connection is newcomer:
                 continue
             if oldest is None:
-                oldest = handler
-            if isinstance(handler, Ec2RequestHandler) and handler.idle:
-                oldest = handler
+                oldest = connection
+            if connection.idle:
+                oldest = connection
                 break
         if oldest is not None:
             self._live.pop(oldest, None)
@@ -258,8 +308,11 @@ class CappedServer(Server):
 class Runner(web.AppRunner):
     """An `AppRunner` whose connections get `Limits`."""
 
-    def __init__(self, app: web.Application, limits: Limits, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, limits: Limits, *, fast_path: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(app, handle_signals=False, **limits.handler_args(), **kwargs)
+        self._limits = limits
+        self._fast_path = fast_path
         self._max_connections = open_file_budget(limits.max_connections)
         if self._max_connections < limits.max_connections:
             log.warning("only %d connections fit under the open file limit; capping there",
@@ -276,7 +329,9 @@ class Runner(web.AppRunner):
         return max(128, self._max_connections)
 
     async def _make_server(self) -> Server:
-        return CappedServer(await super()._make_server(), self._max_connections)
+        base = await super()._make_server()
+        wire = Wire(self.app[STATE]) if self._fast_path else None
+        return CappedServer(base, self._limits, self._max_connections, wire)
 
     @property
     def capped(self) -> CappedServer | None:

@@ -151,6 +151,11 @@ class Lab:
         self.requests: dict[tuple[str, int | str], int] = {}
         self.tokens_issued = 0
         self.credential_fetches = 0
+        # How metadata requests were answered (imds.fastpath): worked out on the fast path,
+        # sent again as kept, or handed to aiohttp (odd requests, faults injected).
+        self.fast_answered = 0
+        self.fast_kept = 0
+        self.handed_over = 0
         self.rotations_ok = 0
         self.rotations_failed = 0
         self.fetch_errors = 0
@@ -182,10 +187,7 @@ class Lab:
     def wrap(self, handle: Handler, respond: Callable[..., web.StreamResponse]) -> Handler:
         """The metadata handler with faults around it and one count per answer."""
         faults = self.faults
-        fetches = self.fetches
-        rotators = self.rotators
-        clock = self.clock
-        count = self._count
+        observe = self.observe
 
         async def observed(request: web.Request) -> web.StreamResponse:
             # With no fault injected this reads one empty tuple; see benchmarks/lab_overhead.py.
@@ -194,34 +196,52 @@ class Lab:
                 if early is not None:
                     transport = request.transport
                     dropped = transport is None or transport.is_closing()
-                    count(request.path, "dropped" if dropped else early.status)
+                    self._count(request.path, "dropped" if dropped else early.status)
                     return early
             response = await handle(request)
-            applied = faults.apply_after(request, response, rotators) if faults.after else ""
-            status = response.status
-            path = request.path
-            count(path, status)
-            if status == 200:
-                if path == p.TOKEN_PATH:
-                    self.tokens_issued += 1
-                elif _CREDENTIALS_PATH in path:
-                    record(request, path, response, applied)
+            applied = faults.apply_after(request, response, self.rotators) if faults.after else ""
+            body = response.body if isinstance(response, web.Response) else None
+            observe(request.path, response.status, request.remote or "",
+                    body if isinstance(body, bytes) else None, applied)
             return response
 
-        def record(request: web.Request, path: str, response: web.StreamResponse,
-                   applied: str) -> None:
-            target = credential_path(path)  # a role's document, not the listing
-            if target is not None and isinstance(response, web.Response):
-                self.credential_fetches += 1
-                body = response.body
-                fetch = ClientFetch(clock(), request.remote or "", target.role,
-                                    key_in(body) if isinstance(body, bytes) else "", applied)
-                fetches.append(fetch)
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("client %s fetched role %s: key %s%s", fetch.client, fetch.role,
-                              fetch.key or "(none)", f" ({applied})" if applied else "")
-
         return observed
+
+    @property
+    def intercepts(self) -> bool:
+        """True while a fault may change or delay answers: only `wrap` applies them."""
+        faults = self.faults
+        return bool(faults.before or faults.after)
+
+    def observe(self, path: str, status: int, client: str, body: bytes | None,
+                applied: str = "") -> None:
+        """Count one answer; remember a credential document's key for the timeline."""
+        self.record(path, status, client, self.fetched(path, status, body), applied)
+
+    @staticmethod
+    def fetched(path: str, status: int, body: bytes | None) -> tuple[str, str] | None:
+        """The role and key hint of a credential document answered for `path`, else None."""
+        if status != 200 or body is None or _CREDENTIALS_PATH not in path:
+            return None
+        target = credential_path(path)  # a role's document, not the listing
+        if target is None:
+            return None
+        return target.role, key_in(body)
+
+    def record(self, path: str, status: int, client: str,
+               fetched: tuple[str, str] | None, applied: str = "") -> None:
+        """`observe` with `fetched` worked out already (imds.fastpath keeps it)."""
+        self._count(path, status)
+        if status == 200 and path == p.TOKEN_PATH:
+            self.tokens_issued += 1
+        if fetched is None:
+            return
+        self.credential_fetches += 1
+        fetch = ClientFetch(self.clock(), client, fetched[0], fetched[1], applied)
+        self.fetches.append(fetch)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("client %s fetched role %s: key %s%s", fetch.client, fetch.role,
+                      fetch.key or "(none)", f" ({applied})" if applied else "")
 
     def _count(self, path: str, status: int | str) -> None:
         key = (path, status)

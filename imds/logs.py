@@ -4,8 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+
+# aiohttp's access logger: requests answered by aiohttp and by imds.fastpath log here.
+ACCESS = logging.getLogger("aiohttp.access")
+# An IMDS token as imds issues them [T-07]: 56 characters, URL-safe base64, padded.
+_TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_-]{54}==")
+
+
+def log_access(remote: str, method: str, raw_path: str, status: int, length: int,
+               seconds: float) -> None:
+    """
+    One debug line per request; never a header (the token lives in one), and a token
+    pasted into a path by mistake is blanked. `raw_path` is percent-encoded, so a hostile
+    path cannot forge log lines.
+    """
+    ACCESS.debug('%s "%s %s" %s %s %.6f', remote, method,
+                 _TOKEN_SHAPED.sub("(token)", raw_path), status, length, seconds)
 
 
 class JsonFormatter(logging.Formatter):

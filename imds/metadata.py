@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from imds.protocol import TEXT_PLAIN
 
@@ -59,10 +60,26 @@ class Directory:
         return "\n".join(names).encode("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
+class Found(NamedTuple):
+    """A path's body; a named tuple, as one is made for most requests."""
+
     body: bytes
     content_type: str = TEXT_PLAIN
+    # What the body was read from, and the directories along the way that are present
+    # only sometimes: enough to tell later, without walking the tree, whether the same
+    # path would still give the same body (imds.fastpath keeps answers on that condition).
+    node: Leaf | Directory | None = None
+    conditions: tuple[Directory, ...] = ()
+
+    def unchanged(self) -> bool:
+        """True while the path still leads to this very body."""
+        for directory in self.conditions:
+            if not directory.is_present():
+                return False
+        node = self.node
+        if isinstance(node, Leaf):
+            return node.read() == self.body
+        return node is not None and node.listing() == self.body
 
 
 def lookup(root: Directory, segments: list[str]) -> Found | None:
@@ -73,17 +90,24 @@ def lookup(root: Directory, segments: list[str]) -> Found | None:
     for with one answers its value [R-08]: both come down to ignoring the final slash.
     """
     node: Leaf | Directory = root
+    conditions: tuple[Directory, ...] = ()
     for segment in segments:
         if not isinstance(node, Directory) or not node.is_present():
             return None
+        if node.present is not None:
+            conditions += (node,)
         child = node.children.get(segment)
         if child is None:
             return None
         node = child
     if isinstance(node, Directory):
-        return Found(node.listing()) if node.is_present() else None
+        if not node.is_present():
+            return None
+        if node.present is not None:
+            conditions += (node,)
+        return Found(node.listing(), node=node, conditions=conditions)
     body = node.read()
-    return None if body is None else Found(body, node.content_type)
+    return None if body is None else Found(body, node.content_type, node, conditions)
 
 
 def leaf(text: str) -> Leaf:

@@ -102,6 +102,14 @@ class LabCollector:
         yield CounterMetricFamily(
             "imds_credential_fetches", "Credential documents served to clients",
             value=lab.credential_fetches)
+        paths = CounterMetricFamily(
+            "imds_fast_path", "Metadata requests the fast path answered (worked out, or "
+            "kept from an identical request) and connections it handed to aiohttp",
+            labels=["outcome"])
+        paths.add_metric(["answered"], lab.fast_answered)
+        paths.add_metric(["kept"], lab.fast_kept)
+        paths.add_metric(["handed_over"], lab.handed_over)
+        yield paths
 
         rotations = CounterMetricFamily(
             "imds_rotations", "Credential fetches by the rotator, by outcome",

@@ -120,7 +120,7 @@ async def start(
     app = make_app(config, tree=tree, rotator=rotator, clock=clock, signer=signer,
                    started=started, routes=routes, lab=lab)
     # Connection cap, timeouts, header limits, EC2-shaped parse errors (imds.httpd).
-    runner = httpd.Runner(app, httpd.Limits.of(config))
+    runner = httpd.Runner(app, httpd.Limits.of(config), fast_path=config.fast_path)
     await runner.setup()
     try:
         await start_sites(runner, endpoints(config.listen, config.host, config.port),

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from imds.tokens import TOKEN_LENGTH, InvalidTTL, TokenSigner, parse_ttl
+from imds.tokens import _SEEN_MAX, TOKEN_LENGTH, InvalidTTL, TokenSigner, parse_ttl
 
 
 class FakeClock:
@@ -79,6 +79,19 @@ class TestTokenSigner:
         assert signer.verify(token, "10.0.0.3") is None
         assert signer.verify(token, "10.0.0.2") is not None
 
+    def test_a_token_already_verified_is_still_refused_from_another_address(self) -> None:
+        signer = TokenSigner(FakeClock())
+        token = signer.issue(60, "10.0.0.2")
+        assert signer.verify(token, "10.0.0.2") is not None
+        assert signer.verify(token, "10.0.0.3") is None
+        assert signer.verify(token, "10.0.0.2") is not None
+
+    def test_verified_tokens_remembered_are_bounded(self) -> None:
+        signer = TokenSigner(FakeClock())
+        for _ in range(_SEEN_MAX + 10):
+            assert signer.verify(signer.issue(60, "10.0.0.2"), "10.0.0.2") is not None
+        assert 0 < len(signer._seen) <= _SEEN_MAX
+
     def test_token_signed_by_another_process_is_refused(self) -> None:
         clock = FakeClock()
         token = TokenSigner(clock).issue(60)
@@ -87,6 +100,7 @@ class TestTokenSigner:
     def test_every_single_byte_change_is_refused(self) -> None:
         signer = TokenSigner(FakeClock())
         token = signer.issue(60)
+        assert signer.verify(token) is not None  # remembered as good: its siblings are not
         raw = bytearray(base64.urlsafe_b64decode(token))
         for index in range(len(raw)):
             mutated = bytearray(raw)

@@ -1,0 +1,298 @@
+"""
+The fast path: the requests every SDK makes, answered without aiohttp's machinery.
+
+An SDK fetching credentials sends three small requests, a new connection each [N-04]:
+PUT the token, GET the role list, GET the role's document. aiohttp spends most of each
+answer building and tearing down its own request, response and task objects
+(docs/benchmarks.md). `FastPath` is the protocol every metadata connection starts with:
+it reads a request head and, when the request is plain, asks `imds.app.answer` (the
+function aiohttp's handler calls too) and writes the reply's bytes itself.
+
+Plain means: one complete HTTP/1.1 GET or PUT, nothing after its head, a path of
+unreserved characters, every header well-formed and none that needs interpreting
+(a body, `Expect`, `Upgrade`, a repeated name). Anything else, and the connection is
+handed to aiohttp for good: its protocol takes the transport and every byte read so far
+and answers as if it had had the connection from the start. So each limit and each answer
+to a malformed request stays aiohttp's (imds.httpd), faults stay the lab's (imds.lab),
+and this module only has to recognise what it may answer, never refuse anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import re
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING, NamedTuple, cast
+
+from imds.app import Reply, State, answer
+from imds.logs import ACCESS, log_access
+from imds.metadata import Found
+
+if TYPE_CHECKING:
+    from imds.httpd import CappedServer
+
+# The request line and header fields the fast path answers; everything else goes to
+# aiohttp. The path takes the characters of role names ([\w+=,.@-], IAM) and of every
+# metadata path, and no `%` (decoding), `?` (query) or `/.` (dot segments): aiohttp's
+# request.path would then differ from the bytes on the wire.
+_HEAD = re.compile(
+    rb"(GET|PUT) ((?:/(?!\.)[A-Za-z0-9._~+=,@:-]*)+) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*\r\n)*)\r\n"
+)
+# Headers that ask for something beyond a plain answer: aiohttp decides what to do.
+_INTERPRETED = frozenset({"transfer-encoding", "expect", "upgrade", "te", "trailer"})
+
+_STATUS_LINES = {
+    status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n" for status in http.HTTPStatus
+}
+
+# aiohttp names a closing HTTP/1.1 answer so; a kept-alive one carries no Connection.
+_CLOSE = "Connection: close\r\n"
+
+
+# Answers kept at most; past it the lot is dropped and kept again as asked for. An answer
+# is about as long as a credential document, so this bounds the memory to about 1.5 MB.
+KEPT_MAX = 1024
+
+
+class Kept(NamedTuple):
+    """A metadata answer, on the wire already, and what says it is still the answer."""
+
+    remote: str
+    response: bytes
+    found: Found
+    # Clock time its TTL header holds until (Reply.until) and the real second it is dated.
+    until: float
+    second: int
+    close: bool
+    path: str
+    fetched: tuple[str, str] | None
+
+
+class Wire:
+    """
+    What every fast-path connection shares: the app's state, replies as bytes (header for
+    header what aiohttp sends for the same `Reply`), and the answers kept for requests
+    that come again byte for byte.
+
+    Keeping answers is what makes a repeated request cheap: an SDK that holds on to its
+    token (Go, JavaScript, Java and .NET reuse it until it nears expiry [S-GO-03]) sends
+    the same bytes for each credential refresh, and a polling app the same for each poll.
+    A kept answer is sent again only while all of it would be the same if worked out
+    anew: same client, same second in its Date, same TTL header, the tree still leading
+    to the same body (`Found.unchanged`), and no fault injected.
+    """
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        # aiohttp writes the content type first, then the app's headers in order.
+        self._common = "".join(f"{name}: {value}\r\n"
+                               for name, value in state.common_headers.items())
+        self._date = ""
+        self.second = -1
+        self.kept: dict[bytes, Kept] = {}
+
+    def date(self) -> str:
+        # [R-02] every answer is dated; the string changes once a second.
+        second = int(time.time())
+        if second != self.second:
+            self._date = formatdate(second, usegmt=True)
+            self.second = second
+        return self._date
+
+    def encode(self, reply: Reply, close: bool) -> bytes:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
+        body = reply.body
+        head = (f"{_STATUS_LINES[reply.status]}Content-Type: {reply.content_type}\r\n"
+                f"{self._common}{extra}Content-Length: {len(body)}\r\n"
+                f"Date: {self.date()}\r\n{_CLOSE if close else ''}\r\n")
+        return head.encode("latin-1") + body
+
+    def keep(self, request: bytes, kept: Kept) -> None:
+        table = self.kept
+        if len(table) >= KEPT_MAX:
+            table.clear()
+        table[request] = kept
+
+    def recall(self, request: bytes, remote: str) -> Kept | None:
+        """The kept answer to `request` from `remote`, if it is still the answer."""
+        kept = self.kept.get(request)
+        if (kept is None or kept.remote != remote or self.state.clock() >= kept.until
+                or int(time.time()) != kept.second or not kept.found.unchanged()):
+            return None
+        return kept
+
+
+class FastPath(asyncio.Protocol):
+    """One metadata connection, until it asks for something only aiohttp answers."""
+
+    __slots__ = (
+        "_buffer",
+        "_loop",
+        "_remote",
+        "_server",
+        "_transport",
+        "_wire",
+        "deadline",
+    )
+
+    def __init__(self, server: CappedServer, wire: Wire) -> None:
+        self._server = server
+        self._wire = wire
+        self._transport: asyncio.Transport | None = None
+        self._remote = ""
+        self._buffer: bytearray | None = None
+        self._loop = server.loop
+        # The idle timeout (imds.httpd.Limits): a complete request must arrive by this loop
+        # time, counted from the connection opening or the last answer. The server's sweep
+        # closes connections past it (one timer for all, not one per connection).
+        self.deadline = 0.0
+
+    # A fast-path connection is never in the middle of an answer: it writes each one
+    # within the callback that read the request. The connection cap may close it.
+    idle = True
+
+    def force_close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's are not asyncio.Transport subclasses).
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        # What aiohttp's request.remote is: the address alone, no port.
+        self._remote = peer[0] if isinstance(peer, tuple | list) and peer else ""
+        self.deadline = self._loop.time() + self._server.limits.idle_timeout
+        self._server.track(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.untrack(self)
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        # A client that sends requests without reading the answers is not read from
+        # until it catches up.
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        limits = self._server.limits
+        buffer = self._buffer
+        if buffer is None:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                if len(data) > limits.max_header_size:
+                    # aiohttp's limits decide what a head this long gets.
+                    self._hand_over(data)
+                else:
+                    self._buffer = bytearray(data)
+                return
+        else:
+            # A head arriving in pieces: each piece is searched once (from three bytes
+            # back, where the blank line may begin), so trickling costs linear time.
+            start = max(0, len(buffer) - 3)
+            buffer += data
+            end = buffer.find(b"\r\n\r\n", start)
+            if end < 0:
+                if len(buffer) > limits.max_header_size:
+                    self._buffer = None
+                    self._hand_over(bytes(buffer))
+                return
+            self._buffer = None
+            data = bytes(buffer)
+        if end + 4 != len(data) or end > limits.max_header_size:
+            # A body, a pipelined request, or a head near the limits.
+            self._hand_over(data)
+            return
+        wire = self._wire
+        lab = wire.state.lab
+        if lab is not None and lab.intercepts:
+            # Faults are applied around aiohttp's handler only (imds.lab.Lab.wrap).
+            self._hand_over(data)
+            return
+        kept = wire.recall(data, self._remote)
+        if kept is not None:
+            self._send(kept.response, kept.close)
+            if lab is not None:
+                lab.fast_kept += 1
+                lab.record(kept.path, 200, self._remote, kept.fetched)
+            if ACCESS.isEnabledFor(logging.DEBUG):
+                log_access(self._remote, "GET", kept.path, 200, len(kept.found.body), 0.0)
+        elif not self._answer(data):
+            self._hand_over(data)
+
+    def _answer(self, data: bytes) -> bool:
+        """Answer a plain request and return True; False leaves `data` for aiohttp."""
+        match = _HEAD.fullmatch(data)
+        if match is None:
+            return False
+        headers: dict[str, str] = {}
+        fields = match[3].decode("ascii").split("\r\n")
+        fields.pop()  # the empty string after the last field's CRLF
+        if len(fields) > self._server.limits.max_headers:
+            return False
+        for field in fields:
+            name, _, value = field.partition(":")
+            key = name.lower()
+            if key in headers or key in _INTERPRETED:
+                return False
+            headers[key] = value.strip(" \t")
+        close = False
+        length = headers.get("content-length")
+        if length is not None and length != "0":
+            return False
+        connection = headers.get("connection")
+        if connection is not None:
+            connection = connection.lower()
+            if connection == "close":
+                close = True
+            elif connection != "keep-alive":
+                return False
+        started = time.perf_counter()
+        wire = self._wire
+        state = wire.state
+        method = match[1].decode("ascii")
+        path = match[2].decode("ascii")
+        remote = self._remote
+        reply = answer(state, method, path, headers.get, remote, self._transport)
+        close = close or reply.close or state.config.connection_close
+        response = wire.encode(reply, close)
+        self._send(response, close)
+        lab = state.lab
+        fetched = None
+        if lab is not None:
+            lab.fast_answered += 1
+            fetched = lab.fetched(path, reply.status, reply.body)
+            lab.record(path, reply.status, remote, fetched)
+        if reply.found is not None and method == "GET":
+            wire.keep(data, Kept(remote, response, reply.found, reply.until, wire.second,
+                                 close, path, fetched))
+        if ACCESS.isEnabledFor(logging.DEBUG):
+            log_access(remote, method, path, reply.status, len(reply.body),
+                       time.perf_counter() - started)
+        return True
+
+    def _send(self, response: bytes, close: bool) -> None:
+        transport = self._transport
+        assert transport is not None
+        transport.write(response)
+        if close:
+            transport.close()
+        else:
+            self.deadline = self._loop.time() + self._server.limits.idle_timeout
+
+    def _hand_over(self, data: bytes) -> None:
+        transport = self._transport
+        self._transport = None
+        if transport is not None:
+            lab = self._wire.state.lab
+            if lab is not None:
+                lab.handed_over += 1
+            self._server.hand_over(self, transport, data)
