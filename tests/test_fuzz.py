@@ -289,6 +289,9 @@ class TestTokensNotIssuedHereAreRefused:
     ) -> None:
         """[T-21] invalid from the instant created + ttl, and forever after."""
         token = issue(server, ttl)
+        # Used once first, so the token is remembered as good and the answer kept
+        # (imds.tokens, imds.fastpath): neither may outlive the token.
+        assert 200 == get_credentials(server, token)
         clock.offset += ttl + late
         assert 401 == get_credentials(server, token)
 
@@ -301,3 +304,57 @@ class TestTokensNotIssuedHereAreRefused:
         token = issue(server, ttl, source="127.0.0.1")
         assert 401 == get_credentials(server, token, source="127.0.0.2")
         assert 200 == get_credentials(server, token, source="127.0.0.1")
+
+
+# ---------------------------------------------------------- the fast path agrees
+
+# What the fast path takes (imds.fastpath._HEAD), so most examples stay on it.
+PLAIN_SEGMENTS = st.one_of(
+    st.sampled_from(["meta-data", "iam", "security-credentials", ROLE, "api", "token",
+                     "dynamic", "instance-identity", "document", "user-data", "placement",
+                     "region", "tags", "instance", "ami-id", "", "."]),
+    st.text(alphabet=string.ascii_letters + string.digits + "._~+=,@:-", max_size=12),
+)
+PLAIN_NAMES = st.one_of(
+    st.sampled_from([TOKEN, TTL, TOKEN.upper(), "X-Forwarded-For", "Content-Length",
+                     "Connection", "Accept", "User-Agent", "Host"]),
+    st.text(alphabet=string.ascii_letters + string.digits + "-_.!~", min_size=1,
+            max_size=20),
+)
+PLAIN_VALUES = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40),
+    st.sampled_from(["21600", "60", "0", "close", "keep-alive", "{token}", " {token} "]),
+)
+
+
+def comparable(answer: Answer | None) -> tuple[int, dict[str, str], bytes] | None:
+    """An answer without what rightly differs between two: its date, a fresh token."""
+    if answer is None:
+        return None
+    headers = {k: v for k, v in answer.headers.items() if k != "date"}
+    body = answer.body
+    if re.fullmatch(rb"[A-Za-z0-9_-]{54}==", body):
+        body = b"(token)"
+    return answer.status, headers, body
+
+
+class TestFastPathAgreesWithAiohttp:
+    @FUZZ
+    @given(method=st.sampled_from(["GET", "PUT"]),
+           segments=st.lists(PLAIN_SEGMENTS, max_size=6),
+           headers=st.dictionaries(PLAIN_NAMES, PLAIN_VALUES, max_size=5))
+    def test_a_plain_request_gets_the_same_answer_on_either_path(
+        self, server: Running, no_internal_errors: None, method: str, segments: list[str],
+        headers: dict[str, str],
+    ) -> None:
+        """
+        The same request twice: as sent (the fast path answers it unless it finds it
+        odd) and with `latest` spelt `lates%74` (aiohttp answers, decoding it back).
+        """
+        token = issue(server)
+        fields = {name: value.replace("{token}", token) for name, value in headers.items()}
+        path = "/latest/" + "/".join(segments)
+        fast = exchange(port_of(server), request(method, path, fields))
+        slow = exchange(port_of(server), request(method, "/lates%74/" + path[8:], fields))
+        assert fast is not None and fast.status in EC2_STATUSES
+        assert comparable(fast) == comparable(slow)
