@@ -5,7 +5,9 @@ every request with the same pre-rendered bytes, no HTTP framework, no token chec
 Not a server anyone should run; run.py measures it beside nginx and imds to show how much
 of the gap to nginx is Python itself and how much is the HTTP stack above it.
 
-    python benchmarks/floor.py PORT BODY_FILE
+    python benchmarks/floor.py PORT BODY_FILE [close]
+
+With `close` it closes each connection after its response, as imds does by default.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import uvloop
 
 def main() -> None:
     port, body = int(sys.argv[1]), Path(sys.argv[2]).read_bytes()
+    close = sys.argv[3:] == ["close"]
     response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nServer: EC2ws\r\n"
                 b"Content-Length: %d\r\n\r\n" % len(body)) + body
 
@@ -34,6 +37,8 @@ def main() -> None:
             if count:
                 self.pending = self.pending[self.pending.rindex(b"\r\n\r\n") + 4:]
                 self.transport.write(response * count)  # type: ignore[attr-defined]
+                if close:
+                    self.transport.close()
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

@@ -242,13 +242,17 @@ def run_moto(work: Path) -> Iterator[str]:
 
 
 @contextmanager
-def run_floor(work: Path, document: bytes) -> Iterator[Server]:
-    """benchmarks/floor.py: the same bytes from a bare asyncio protocol (a reference)."""
+def run_floor(work: Path, document: bytes, *, close: bool = False) -> Iterator[Server]:
+    """
+    benchmarks/floor.py: the same bytes from a bare asyncio protocol (a reference), closing
+    each connection after its response with `close`.
+    """
     port = free_port()
     body = work / "floor-body"
     body.write_bytes(document)
     process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("floor.py")), str(port), str(body)],
+        [sys.executable, str(Path(__file__).with_name("floor.py")), str(port), str(body),
+         *(["close"] if close else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin([SERVER_CPU]),
     )
     try:

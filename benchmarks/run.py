@@ -66,6 +66,8 @@ SCENARIOS = (
              requests_per_unit=3),
 )
 
+GET_CLOSE = next(s for s in SCENARIOS if s.key == "get_close")
+
 TARGET_RATIO = 0.8
 TARGET_P99_MS = 5.0
 
@@ -133,7 +135,8 @@ def throughput(work: Path, options: argparse.Namespace) -> dict[str, Any]:
         token_keep, _, _ = clients.sdk_sequence(imds_keep.url)
         with procs.run_nginx(work, token=token_close, role=role, role_list=role.encode(),
                              document=document) as nginx, \
-                procs.run_floor(work, document) as floor:
+                procs.run_floor(work, document) as floor, \
+                procs.run_floor(work, document, close=True) as floor_close:
             targets = {
                 "nginx": (nginx.pid, {True: nginx.keepalive_url, False: nginx.close_url},
                           token_close),
@@ -165,13 +168,14 @@ def throughput(work: Path, options: argparse.Namespace) -> dict[str, Any]:
                         rounds[server].append(run(server, scenario, options.duration))
                 results[scenario.key] = rounds
 
-            floor_scenario = SCENARIOS[0]
             floor_env = {**os.environ, "IMDS_TOKEN": token_close, "IMDS_ROLE": role}
-            measured(floor.pid, floor.url + CREDENTIALS + role, floor_scenario,
-                     connections=options.connections, duration=options.warmup, env=floor_env)
-            floor_result = measured(floor.pid, floor.url + CREDENTIALS + role, floor_scenario,
-                                    connections=options.connections,
-                                    duration=options.duration, env=floor_env)
+            floors = {}
+            for key, server, scenario in (("floor", floor, SCENARIOS[0]),
+                                          ("floor_close", floor_close, GET_CLOSE)):
+                for seconds in (options.warmup, options.duration):
+                    floors[key] = measured(server.pid, server.url + CREDENTIALS + role,
+                                           scenario, connections=options.connections,
+                                           duration=seconds, env=floor_env)
 
     out: dict[str, Any] = {}
     for scenario in SCENARIOS:
@@ -187,8 +191,10 @@ def throughput(work: Path, options: argparse.Namespace) -> dict[str, Any]:
             "ratio": imds_m["requests_per_second"] / nginx_m["requests_per_second"],
             "cpu_ratio": nginx_m["cpu_us_per_request"] / imds_m["cpu_us_per_request"],
         }
-    out["floor"] = {"title": "bare uvloop protocol, same bytes, keep-alive (reference)",
-                    "result": asdict(floor_result), "requests_per_second": floor_result.rps}
+    for key, how in (("floor", "keep-alive"), ("floor_close", "new connection each")):
+        result = floors[key]
+        out[key] = {"title": f"bare uvloop protocol, same bytes, {how} (reference)",
+                    "result": asdict(result), "requests_per_second": result.rps}
     return out
 
 
@@ -309,15 +315,14 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"{'':<44}(sequences/s: nginx "
                          f"{part['nginx']['median']['per_second']:,.0f}, imds "
                          f"{part['imds']['median']['per_second']:,.0f}; latency per request)")
-    floor = report["throughput"]["floor"]
-    lines += [
-        "(req/s ratio: imds req/s / nginx req/s; CPU ratio: nginx CPU per request / imds CPU "
-        "per request, steadier when other tenants share the machine)",
-        f"reference: {floor['title']}: {floor['requests_per_second']:,.0f} req/s, "
-        f"p99 {floor['result']['p99_ms']:.2f} ms, "
-        f"{floor['result']['cpu_us_per_request']:.0f} CPU µs/req",
-        "",
-    ]
+    lines.append("(req/s ratio: imds req/s / nginx req/s; CPU ratio: nginx CPU per request / "
+                 "imds CPU per request, steadier when other tenants share the machine)")
+    for key in ("floor", "floor_close"):
+        floor = report["throughput"][key]
+        lines.append(f"reference: {floor['title']}: {floor['requests_per_second']:,.0f} "
+                     f"req/s, p99 {floor['result']['p99_ms']:.2f} ms, "
+                     f"{floor['result']['cpu_us_per_request']:.0f} CPU µs/req")
+    lines.append("")
     mem = report["memory"]
     lines.append(f"RSS after 1,000 token PUTs {mem['rss_after_1000_mib']:.1f} MiB, after "
                  f"{mem['puts']:,} {mem['rss_after_all_mib']:.1f} MiB: "

@@ -79,8 +79,8 @@ class Wire:
     that come again byte for byte.
 
     Keeping answers is what makes a repeated request cheap: an SDK that holds on to its
-    token (Go, JavaScript, Java and .NET reuse it until it nears expiry [S-GO-03]) sends
-    the same bytes for each credential refresh, and a polling app the same for each poll.
+    token (Go v2 and Rust cache it for its lifetime [T-17] [S-GO-01]) sends the same bytes
+    for each credential refresh, and an app polling metadata the same for each poll.
     A kept answer is sent again only while all of it would be the same if worked out
     anew: same client, same second in its Date, same TTL header, the tree still leading
     to the same body (`Found.unchanged`), and no fault injected.

@@ -8,7 +8,9 @@ un-EC2-like:
 
 - `CappedServer` keeps at most `max_connections` open. Over the cap it closes the
   connection idle the longest (else the oldest), never the newcomer: a thousand idle or
-  slow connections cannot keep a new SDK client from being served.
+  slow connections cannot keep a new SDK client from being served. With the fast path on,
+  each connection starts there (imds.fastpath) and is handed to aiohttp when it asks for
+  more than a plain answer.
 - `Ec2RequestHandler` answers what aiohttp cannot parse (bad request line, oversized or
   too many headers, bad encoding) with EC2's 400 and `Server: EC2ws` instead of aiohttp's
   own page [R-10], logs no byte of it (it may carry a token), and closes the connection.
@@ -19,7 +21,9 @@ un-EC2-like:
 
 The idle timeout is aiohttp's keep-alive timer, armed when a connection opens and after
 each response and disarmed only by a complete request, so it bounds a slowloris client
-(headers trickled in) as well as an idle one.
+(headers trickled in) as well as an idle one. Fast-path connections keep the same
+deadline, checked by one sweep over them all a quarter of the timeout (at most a second)
+apart.
 """
 
 from __future__ import annotations

@@ -77,9 +77,10 @@ class TokenSigner:
         # cost of `hmac.new` per request).
         self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)
         # Tokens that verified, with the client each is bound to. An SDK sends one token
-        # with several requests (role list then credentials [S-PY-05]; Go and JavaScript
-        # for hours [S-GO-03]), and a lookup costs a tenth of checking the MAC again. Only
-        # good tokens are kept, at most _SEEN_MAX; expiry is checked on every use.
+        # with several requests (the role list, then the credentials [S-PY-05]; Go v2 and
+        # Rust for the token's lifetime [T-17]), and a lookup costs a tenth of checking
+        # the MAC again. Only good tokens are kept, at most _SEEN_MAX; expiry is checked
+        # on every use.
         self._seen: dict[str, tuple[str, Verified]] = {}
 
     def issue(self, ttl: int, client: str = "") -> str:
