@@ -159,8 +159,8 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"expected true or false, got {raw!r}")
 
 
-def _pattern(regex: str, what: str) -> Callable[[str], str]:
-    compiled = re.compile(regex)
+def _pattern(regex: str, what: str, flags: int = 0) -> Callable[[str], str]:
+    compiled = re.compile(regex, flags)
 
     def parse(raw: str) -> str:
         if not compiled.fullmatch(raw):
@@ -268,9 +268,14 @@ OPTIONS: tuple[Option, ...] = (
            "serve this role's real credentials, assumed through STS with your own AWS "
            "credentials; repeat to chain (assume the first, from it the second, …)",
            "ARN", repeated=True),
-    Option("role_session_name", _optional(sts.session_name),
+    # Names and ids as STS checks them (AssumeRole API reference; \w is ASCII there).
+    Option("role_session_name",
+           _optional(_pattern(r"[\w+=,.@-]{2,64}",
+                              "2-64 characters of letters, digits and +=,.@_-", re.ASCII)),
            "RoleSessionName (default: imds-<your user name>)", "NAME"),
-    Option("external_id", _optional(sts.external_id),
+    Option("external_id",
+           _optional(_pattern(r"[\w+=,.@:/-]{2,1224}",
+                              "2-1224 characters of letters, digits and +=,.@:/_-", re.ASCII)),
            "ExternalId for the last role's trust policy", "ID"),
     Option("duration", _int_range(sts.DURATION_MIN, sts.DURATION_MAX),
            "seconds each assumed-role session lasts (chained roles: at most 3600)", "SECONDS"),
@@ -281,7 +286,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("session_tag", sts.session_tag,
            "session tag KEY=VALUE on the served session; repeatable", "KEY=VALUE",
            repeated=True, pairs=True),
-    Option("source_identity", _optional(sts.source_identity),
+    Option("source_identity",
+           _optional(_pattern(r"[\w+=,.@-]{2,64}",
+                              "2-64 characters of letters, digits and +=,.@_-", re.ASCII)),
            "SourceIdentity set on the first AssumeRole (kept through the chain)", "NAME"),
     Option("profile", _text,
            "AWS profile whose credentials assume the role (default: the standard chain)",

@@ -224,7 +224,6 @@ class CappedServer(Server):
             **base._kwargs,
         )
         self.limits = limits
-        self.loop = base._loop
         self.max_connections = max_connections
         self.wire = wire
         # Live connections of both kinds, oldest first (dicts keep insertion order).
@@ -236,6 +235,10 @@ class CappedServer(Server):
         self._sweeper: asyncio.TimerHandle | None = None
         if wire is not None:
             self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     # The event loop calls this as the listening socket's protocol factory, which may
     # return any asyncio protocol; only aiohttp's type says RequestHandler.

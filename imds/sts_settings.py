@@ -1,8 +1,9 @@
 """
 Parsers and cross-checks for the STS settings (`--role-arn` and friends).
 
-They check what STS itself would reject (ARN shapes, session-name characters, tag limits,
-policy size) so a mistake is a configuration error naming the setting, at load time, not
+They check what STS itself would reject (ARN shapes, tag limits, policy size; the
+characters of session names, external ids and source identities are patterns in
+imds.config) so a mistake is a configuration error naming the setting, at load time, not
 an AccessDenied or ValidationError from AWS minutes later. No boto3 here: loading a
 configuration must stay cheap.
 """
@@ -32,10 +33,7 @@ _ROLE_ARN = re.compile(
     re.ASCII,
 )
 _POLICY_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:iam::(?:\d{12}|aws):policy/[\x21-\x7e]{1,512}")
-_SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
 _SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]", re.ASCII)
-_EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}", re.ASCII)
-_SOURCE_IDENTITY = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
 # STS tag keys and values: letters, spaces, numbers and _.:/=+-@ (\p{L}\p{Z}\p{N}).
 _TAG_KEY = re.compile(r"[\w .:/=+\-@]{1,128}")
 _TAG_VALUE = re.compile(r"[\w .:/=+\-@]{0,256}")
@@ -64,25 +62,6 @@ def policy_arn(raw: str) -> str:
         raise ValueError(f"expected a managed policy ARN like "
                          f"arn:aws:iam::aws:policy/ReadOnlyAccess, got {raw!r}")
     return value
-
-
-def session_name(raw: str) -> str:
-    if not _SESSION_NAME.fullmatch(raw):
-        raise ValueError(f"expected 2-64 characters of letters, digits and +=,.@_-, got {raw!r}")
-    return raw
-
-
-def external_id(raw: str) -> str:
-    if not _EXTERNAL_ID.fullmatch(raw):
-        raise ValueError(f"expected 2-1224 characters of letters, digits and +=,.@:/_-, "
-                         f"got {raw!r}")
-    return raw
-
-
-def source_identity(raw: str) -> str:
-    if not _SOURCE_IDENTITY.fullmatch(raw):
-        raise ValueError(f"expected 2-64 characters of letters, digits and +=,.@_-, got {raw!r}")
-    return raw
 
 
 def session_tag(raw: str) -> str:

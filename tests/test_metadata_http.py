@@ -35,6 +35,11 @@ async def fetch(
         return r.status, dict(r.headers), await r.read()
 
 
+@pytest.fixture
+async def token(imds: Running, http: aiohttp.ClientSession) -> str:
+    return await get_token(http, imds.url)
+
+
 class TestAuth:
     async def test_required_mode_refuses_a_tokenless_get_with_an_empty_401(
         self, imds: Running, http: aiohttp.ClientSession
@@ -100,10 +105,6 @@ class TestAuth:
 
 
 class TestTree:
-    @pytest.fixture
-    async def token(self, imds: Running, http: aiohttp.ClientSession) -> str:
-        return await get_token(http, imds.url)
-
     async def test_root_lists_the_versions_bare(
         self, imds: Running, http: aiohttp.ClientSession, token: str
     ) -> None:
@@ -218,10 +219,6 @@ class TestTree:
 
 
 class TestCredentials:
-    @pytest.fixture
-    async def token(self, imds: Running, http: aiohttp.ClientSession) -> str:
-        return await get_token(http, imds.url)
-
     async def test_role_listing_is_the_bare_role_name(
         self, imds: Running, http: aiohttp.ClientSession, token: str
     ) -> None:
