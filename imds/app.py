@@ -23,7 +23,7 @@ from aiohttp import web
 
 from imds import protocol as p
 from imds.config import Config
-from imds.hoplimit import limit_hops
+from imds.hoplimit import SocketHolder, limit_hops
 from imds.metadata import Directory, Found, lookup
 from imds.netguard import Guard
 from imds.rolemap import Routes
@@ -98,7 +98,7 @@ Header = Callable[[str], str | None]
 
 
 def _token_endpoint(state: State, method: str, header: Header, remote: str,
-                    transport: asyncio.BaseTransport | None) -> Reply:
+                    transport: SocketHolder | None) -> Reply:
     if method != "PUT":
         # [T-11] GET on the token path is 405 with `Allow: OPTIONS, PUT`; OPTIONS is allowed.
         return _TOKEN_OPTIONS if method == "OPTIONS" else _TOKEN_NOT_ALLOWED
@@ -129,7 +129,7 @@ def answer(
     path: str,
     header: Header,
     remote: str,
-    transport: asyncio.BaseTransport | None,
+    transport: SocketHolder | None,
     *,
     has_body: bool = False,
 ) -> Reply:

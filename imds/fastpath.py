@@ -28,6 +28,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 from imds.app import Reply, State, answer
+from imds.hoplimit import SocketHolder
 from imds.logs import ACCESS, log_access
 from imds.metadata import Found
 
@@ -72,6 +73,16 @@ class Kept(NamedTuple):
     fetched: tuple[str, str] | None
 
 
+class Adopted(NamedTuple):
+    """A connection's start, as the accept loop left it (imds.acceptor)."""
+
+    # Bytes read and not answered yet.
+    read: bytes = b""
+    # The end of an answer the socket did not take at once, and whether to close after it.
+    unsent: bytes = b""
+    close: bool = False
+
+
 class Wire:
     """
     What every fast-path connection shares: the app's state, replies as bytes (header for
@@ -86,8 +97,10 @@ class Wire:
     to the same body (`Found.unchanged`), and no fault injected.
     """
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, max_headers: int) -> None:
         self.state = state
+        # More header fields than this and aiohttp answers (imds.httpd.Limits).
+        self.max_headers = max_headers
         # aiohttp writes the content type first, then the app's headers in order.
         self._common = "".join(f"{name}: {value}\r\n"
                                for name, value in state.common_headers.items())
@@ -111,6 +124,76 @@ class Wire:
                 f"Date: {self.date()}\r\n{_CLOSE if close else ''}\r\n")
         return head.encode("latin-1") + body
 
+    def respond(self, data: bytes, remote: str,
+                transport: SocketHolder | None) -> tuple[bytes, bool] | None:
+        """
+        The bytes answering `data`, one complete request head from `remote`, and whether
+        the connection closes after them; None when aiohttp must answer it. `transport`
+        gives the socket the hop limit is set on (imds.hoplimit).
+        """
+        lab = self.state.lab
+        if lab is not None and lab.intercepts:
+            # Faults are applied around aiohttp's handler only (imds.lab.Lab.wrap).
+            return None
+        kept = self.recall(data, remote)
+        if kept is None:
+            return self._answer(data, remote, transport)
+        if lab is not None:
+            lab.fast_kept += 1
+            lab.record(kept.path, 200, remote, kept.fetched)
+        if ACCESS.isEnabledFor(logging.DEBUG):
+            log_access(remote, "GET", kept.path, 200, len(kept.found.body), 0.0)
+        return kept.response, kept.close
+
+    def _answer(self, data: bytes, remote: str,
+                transport: SocketHolder | None) -> tuple[bytes, bool] | None:
+        """`respond` for a request worked out anew: None unless it is plain."""
+        match = _HEAD.fullmatch(data)
+        if match is None:
+            return None
+        headers: dict[str, str] = {}
+        fields = match[3].decode("ascii").split("\r\n")
+        fields.pop()  # the empty string after the last field's CRLF
+        if len(fields) > self.max_headers:
+            return None
+        for field in fields:
+            name, _, value = field.partition(":")
+            key = name.lower()
+            if key in headers or key in _INTERPRETED:
+                return None
+            headers[key] = value.strip(" \t")
+        close = False
+        length = headers.get("content-length")
+        if length is not None and length != "0":
+            return None
+        connection = headers.get("connection")
+        if connection is not None:
+            connection = connection.lower()
+            if connection == "close":
+                close = True
+            elif connection != "keep-alive":
+                return None
+        started = time.perf_counter()
+        state = self.state
+        method = match[1].decode("ascii")
+        path = match[2].decode("ascii")
+        reply = answer(state, method, path, headers.get, remote, transport)
+        close = close or reply.close or state.config.connection_close
+        response = self.encode(reply, close)
+        lab = state.lab
+        fetched = None
+        if lab is not None:
+            lab.fast_answered += 1
+            fetched = lab.fetched(path, reply.status, reply.body)
+            lab.record(path, reply.status, remote, fetched)
+        if reply.found is not None and method == "GET":
+            self.keep(data, Kept(remote, response, reply.found, reply.until, self.second,
+                                 close, path, fetched))
+        if ACCESS.isEnabledFor(logging.DEBUG):
+            log_access(remote, method, path, reply.status, len(reply.body),
+                       time.perf_counter() - started)
+        return response, close
+
     def keep(self, request: bytes, kept: Kept) -> None:
         table = self.kept
         if len(table) >= KEPT_MAX:
@@ -131,6 +214,7 @@ class FastPath(asyncio.Protocol):
 
     __slots__ = (
         "_buffer",
+        "_first",
         "_loop",
         "_remote",
         "_server",
@@ -139,9 +223,13 @@ class FastPath(asyncio.Protocol):
         "deadline",
     )
 
-    def __init__(self, server: CappedServer, wire: Wire) -> None:
+    def __init__(self, server: CappedServer, wire: Wire, first: Adopted | None = None,
+                 ) -> None:
         self._server = server
         self._wire = wire
+        # What the accept loop (imds.acceptor) did on this connection before the event
+        # loop had it; taken up as soon as the connection is made.
+        self._first = first
         self._transport: asyncio.Transport | None = None
         self._remote = ""
         self._buffer: bytearray | None = None
@@ -167,6 +255,13 @@ class FastPath(asyncio.Protocol):
         self._remote = peer[0] if isinstance(peer, tuple | list) and peer else ""
         self.deadline = self._loop.time() + self._server.limits.idle_timeout
         self._server.track(self)
+        first = self._first
+        if first is not None:
+            self._first = None
+            if first.unsent:
+                self._send(first.unsent, first.close)
+            if first.read:
+                self.data_received(first.read)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.untrack(self)
@@ -211,73 +306,11 @@ class FastPath(asyncio.Protocol):
             # A body, a pipelined request, or a head near the limits.
             self._hand_over(data)
             return
-        wire = self._wire
-        lab = wire.state.lab
-        if lab is not None and lab.intercepts:
-            # Faults are applied around aiohttp's handler only (imds.lab.Lab.wrap).
+        reply = self._wire.respond(data, self._remote, self._transport)
+        if reply is None:
             self._hand_over(data)
-            return
-        kept = wire.recall(data, self._remote)
-        if kept is not None:
-            self._send(kept.response, kept.close)
-            if lab is not None:
-                lab.fast_kept += 1
-                lab.record(kept.path, 200, self._remote, kept.fetched)
-            if ACCESS.isEnabledFor(logging.DEBUG):
-                log_access(self._remote, "GET", kept.path, 200, len(kept.found.body), 0.0)
-        elif not self._answer(data):
-            self._hand_over(data)
-
-    def _answer(self, data: bytes) -> bool:
-        """Answer a plain request and return True; False leaves `data` for aiohttp."""
-        match = _HEAD.fullmatch(data)
-        if match is None:
-            return False
-        headers: dict[str, str] = {}
-        fields = match[3].decode("ascii").split("\r\n")
-        fields.pop()  # the empty string after the last field's CRLF
-        if len(fields) > self._server.limits.max_headers:
-            return False
-        for field in fields:
-            name, _, value = field.partition(":")
-            key = name.lower()
-            if key in headers or key in _INTERPRETED:
-                return False
-            headers[key] = value.strip(" \t")
-        close = False
-        length = headers.get("content-length")
-        if length is not None and length != "0":
-            return False
-        connection = headers.get("connection")
-        if connection is not None:
-            connection = connection.lower()
-            if connection == "close":
-                close = True
-            elif connection != "keep-alive":
-                return False
-        started = time.perf_counter()
-        wire = self._wire
-        state = wire.state
-        method = match[1].decode("ascii")
-        path = match[2].decode("ascii")
-        remote = self._remote
-        reply = answer(state, method, path, headers.get, remote, self._transport)
-        close = close or reply.close or state.config.connection_close
-        response = wire.encode(reply, close)
-        self._send(response, close)
-        lab = state.lab
-        fetched = None
-        if lab is not None:
-            lab.fast_answered += 1
-            fetched = lab.fetched(path, reply.status, reply.body)
-            lab.record(path, reply.status, remote, fetched)
-        if reply.found is not None and method == "GET":
-            wire.keep(data, Kept(remote, response, reply.found, reply.until, wire.second,
-                                 close, path, fetched))
-        if ACCESS.isEnabledFor(logging.DEBUG):
-            log_access(remote, method, path, reply.status, len(reply.body),
-                       time.perf_counter() - started)
-        return True
+        else:
+            self._send(*reply)
 
     def _send(self, response: bytes, close: bool) -> None:
         transport = self._transport

@@ -10,15 +10,21 @@ same effect for real, on a real network; on loopback or a shared bridge it chang
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
+from typing import Any, Protocol
 
 HOP_LIMIT_MIN = 1
 HOP_LIMIT_MAX = 64  # [N-05] valid 1..64 (API-IMO)
 
 
-def limit_hops(transport: asyncio.BaseTransport | None, hops: int) -> bool:
+class SocketHolder(Protocol):
+    """A transport, or anything else that can give its socket the way transports do."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
+def limit_hops(transport: SocketHolder | None, hops: int) -> bool:
     """
     Make the packets still to be sent on this connection leave with at most `hops` hops.
 

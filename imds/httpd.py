@@ -42,6 +42,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
+from imds import acceptor
 from imds import protocol as p
 from imds.app import STATE
 from imds.config import Config
@@ -53,6 +54,9 @@ log = logging.getLogger("imds.httpd")
 # File descriptors kept free beyond the connection cap: listening sockets, log files,
 # the state directory, the STS client's pool.
 _SPARE_FDS = 128
+
+# The shortest listen backlog (Runner.backlog); Linux's default net.core.somaxconn.
+_MIN_BACKLOG = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,13 +336,30 @@ class Runner(web.AppRunner):
         containers starting) waits there instead of having its SYNs dropped, which costs
         a client a one-second retransmit, botocore's whole timeout [S-PY-06]. The kernel
         caps it at net.core.somaxconn.
+
+        With deferred accept (imds.acceptor) the same length also bounds the connections
+        the kernel holds back until their first bytes arrive; when many such bytes arrive
+        at once, all of those connections become ready together. So it is never below
+        `_MIN_BACKLOG`, whatever the connection cap: the queues cost the kernel a few
+        hundred bytes an entry and imds nothing.
         """
-        return max(128, self._max_connections)
+        return max(_MIN_BACKLOG, self._max_connections)
 
     async def _make_server(self) -> Server:
         base = await super()._make_server()
-        wire = Wire(self.app[STATE]) if self._fast_path else None
+        wire = Wire(self.app[STATE], self._limits.max_headers) if self._fast_path else None
         return CappedServer(base, self._limits, self._max_connections, wire)
+
+    def site(self, host: str, port: int) -> web.BaseSite:
+        """
+        A TCP site for host:port. With the fast path on Linux, connections are accepted by
+        imds.acceptor and most are answered there; otherwise by the event loop.
+        """
+        capped = self.capped
+        if capped is not None and capped.wire is not None and acceptor.SUPPORTED:
+            return acceptor.AcceptorSite(self, capped, capped.wire, host, port,
+                                         backlog=self.backlog)
+        return web.TCPSite(self, host, port, reuse_address=True, backlog=self.backlog)
 
     @property
     def capped(self) -> CappedServer | None:

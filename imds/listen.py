@@ -13,6 +13,7 @@ import errno
 import ipaddress
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -96,13 +97,16 @@ def endpoints(listen: tuple[Endpoint, ...], host: str, port: int) -> tuple[Endpo
     return tuple(endpoint.with_port(port) for endpoint in listen)
 
 
+# A site for host:port, not started yet (imds.httpd.Runner.site).
+MakeSite = Callable[[str, int], web.BaseSite]
+
+
 async def start_sites(
-    runner: web.AppRunner,
+    make_site: MakeSite,
     where: tuple[Endpoint, ...],
     *,
     address_wait: float = 5.0,
-    backlog: int = 128,
-) -> list[web.TCPSite]:
+) -> list[web.BaseSite]:
     """
     Bind every endpoint; all or nothing (sites already started are stopped on failure,
     and a StartupError names the endpoint that could not be bound).
@@ -111,13 +115,13 @@ async def start_sites(
     seconds: a container's IPv6 address stays "tentative" until duplicate address detection
     finishes, typically a second or two after the container starts.
     """
-    sites: list[web.TCPSite] = []
+    sites: list[web.BaseSite] = []
     try:
         for endpoint in where:
             deadline = time.monotonic() + address_wait
             while True:
-                site = web.TCPSite(runner, endpoint.host, endpoint.port, reuse_address=True,
-                                   backlog=backlog)
+                assert endpoint.port is not None  # endpoints() fills every port in
+                site = make_site(endpoint.host, endpoint.port)
                 try:
                     await site.start()
                     break

@@ -123,8 +123,7 @@ async def start(
     runner = httpd.Runner(app, httpd.Limits.of(config), fast_path=config.fast_path)
     await runner.setup()
     try:
-        await start_sites(runner, endpoints(config.listen, config.host, config.port),
-                          backlog=runner.backlog)
+        await start_sites(runner.site, endpoints(config.listen, config.host, config.port))
     except StartupError:
         await runner.cleanup()
         raise

@@ -111,7 +111,8 @@ class TestSeveralEndpoints:
             loop = asyncio.get_running_loop()
             started = loop.time()
             with pytest.raises(StartupError, match=r"192\.0\.2\.1:80"):
-                await start_sites(runner, (Endpoint("192.0.2.1", 80),), address_wait=0.5)
+                await start_sites(lambda host, port: web.TCPSite(runner, host, port),
+                                  (Endpoint("192.0.2.1", 80),), address_wait=0.5)
             assert 0.4 < loop.time() - started < 5
             assert [] == list(runner.sites)
         finally:

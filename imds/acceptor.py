@@ -1,0 +1,249 @@
+"""
+The accept loop in front of the fast path, on Linux: a connection whose request is in
+when it is accepted is answered and closed before the event loop ever sees it.
+
+An SDK opens a new connection for each request [N-04], and EC2 closes each after its
+answer. Under that load the event loop's own bookkeeping per connection (a transport,
+registering the socket for reading, a callback when the request arrives, unregistering
+it) cost more than the answer (docs/benchmarks.md). So the listening socket is made with
+TCP_DEFER_ACCEPT, and the kernel hands a connection over only once its first bytes have
+arrived. `Acceptor` accepts a batch each time the listening socket is ready, reads each
+connection's request at once, and when it is a whole plain request (imds.fastpath.Wire)
+sends the answer and closes: four system calls, nothing registered.
+
+Everything else is adopted by the event loop, starting on `FastPath` with what was read
+and written so far: a head not complete yet, a request aiohttp must answer, a kept-alive
+connection, an answer the socket did not take whole. So every limit and every answer to
+an odd request is still the fast path's or aiohttp's; this module only answers what they
+would answer the same way.
+
+A client that connects and sends nothing is handed over by the kernel after about a
+second anyway (the deferral ends with the first SYN-ACK retransmission), and its idle
+timeout counts from then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from imds.fastpath import Adopted, FastPath, Wire
+
+if TYPE_CHECKING:
+    from imds.httpd import CappedServer
+
+log = logging.getLogger("imds.httpd")
+
+# Linux only; elsewhere the event loop accepts and every connection starts on FastPath.
+SUPPORTED = hasattr(socket, "TCP_DEFER_ACCEPT")
+
+# Seconds the kernel holds a silent connection back (rounded up to one SYN-ACK
+# retransmission): the value nginx's `deferred` uses.
+DEFER_SECONDS = 1
+
+# Connections accepted per wake-up at most, so a flood of connects still leaves the loop
+# time for the rotation, the control API and connections it has adopted.
+BATCH = 64
+
+# Accept errors that concern one connection only (accept(2)): skip it and go on.
+_PASSING = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+                      errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
+                      errno.EOPNOTSUPP, errno.ENETUNREACH, errno.EINTR})
+
+# Out of descriptors: asyncio's own loop stops accepting for a second (ACCEPT_RETRY_DELAY).
+_RETRY_DELAY = 1.0
+
+
+class _Socket:
+    """What `answer` asks of a transport (imds.hoplimit.SocketHolder), for a bare socket."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+
+class Acceptor:
+    """One listening socket, accepted from by hand (see the module's docstring)."""
+
+    def __init__(self, sock: socket.socket, server: CappedServer, wire: Wire) -> None:
+        self.sock = sock
+        self._server = server
+        self._wire = wire
+        self._loop = server.loop
+        self._read_size = server.limits.max_header_size + 4
+        self._max_header_size = server.limits.max_header_size
+        self._adopting: set[asyncio.Task[None]] = set()
+        self._retry: asyncio.TimerHandle | None = None
+        # Connections answered and closed here, and connections given to the event loop.
+        self.answered = 0
+        self.adopted = 0
+        self._loop.add_reader(sock.fileno(), self._ready)
+
+    def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for task in self._adopting:
+            task.cancel()
+
+    def _ready(self) -> None:
+        accept = self.sock.accept
+        for _ in range(BATCH):
+            try:
+                conn, peer = accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _PASSING:
+                    continue
+                # EMFILE, ENFILE, ENOBUFS, ENOMEM: the connections wait in the backlog.
+                log.warning("cannot accept connections for now (%s); retrying in %.0f s",
+                            exc.strerror or exc, _RETRY_DELAY)
+                self._loop.remove_reader(self.sock.fileno())
+                self._retry = self._loop.call_later(_RETRY_DELAY, self._resume)
+                return
+            self._serve(conn, peer[0])
+
+    def _resume(self) -> None:
+        self._retry = None
+        self._loop.add_reader(self.sock.fileno(), self._ready)
+
+    def _serve(self, conn: socket.socket, remote: str) -> None:
+        # The accepted socket is blocking (accept4 without SOCK_NONBLOCK); MSG_DONTWAIT
+        # makes these two calls not wait, without a third call to change the socket.
+        try:
+            data = conn.recv(self._read_size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            data = b""
+        except OSError:
+            conn.close()
+            return
+        else:
+            if not data:
+                # Closed before asking anything.
+                conn.close()
+                return
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end + 4 != len(data) or end > self._max_header_size:
+            # Not a whole head yet, a body, a pipelined request, or near the limits.
+            self._adopt(conn, Adopted(read=data))
+            return
+        reply = self._wire.respond(data, remote, _Socket(conn))
+        if reply is None:
+            self._adopt(conn, Adopted(read=data))
+            return
+        response, close = reply
+        try:
+            sent = conn.send(response, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # The client left; as on the event loop, its answer is dropped.
+            conn.close()
+            return
+        if sent < len(response) or not close:
+            self._adopt(conn, Adopted(unsent=response[sent:], close=close))
+        else:
+            conn.close()
+            self.answered += 1
+
+    def _adopt(self, conn: socket.socket, first: Adopted) -> None:
+        self.adopted += 1
+        protocol = FastPath(self._server, self._wire, first)
+        task = self._loop.create_task(self._connect(conn, protocol))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _connect(self, conn: socket.socket, protocol: FastPath) -> None:
+        try:
+            await self._loop.connect_accepted_socket(lambda: protocol, conn)
+        except BaseException:
+            conn.close()
+            raise
+
+
+class Listeners:
+    """What aiohttp's runner reads of a site's server: its sockets, and `close`."""
+
+    def __init__(self, acceptors: list[Acceptor]) -> None:
+        self.acceptors = acceptors
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [acceptor.sock for acceptor in self.acceptors]
+
+    def close(self) -> None:
+        for acceptor in self.acceptors:
+            acceptor.close()
+
+
+def listening_socket(family: int, address: Any, backlog: int) -> socket.socket:
+    """A non-blocking listening socket with deferred accept, bound as asyncio binds one."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # asyncio's create_server does the same: "::" means IPv6 only, and an IPv4
+            # endpoint of the same port can be bound beside it.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_SECONDS)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class AcceptorSite(web.BaseSite):
+    """A TCP site whose connections are accepted by `Acceptor`s (imds.httpd.Runner)."""
+
+    __slots__ = ("_capped", "_host", "_port", "_wire")
+
+    def __init__(self, runner: web.BaseRunner, server: CappedServer, wire: Wire,
+                 host: str, port: int, *, backlog: int = 128) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._capped = server
+        self._wire = wire
+        self._host = host
+        self._port = port
+
+    @property
+    def name(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        acceptors: list[Acceptor] = []
+        seen: set[tuple[int, Any]] = set()
+        try:
+            for family, _, _, _, address in infos:
+                if (family, address) in seen:
+                    continue
+                seen.add((family, address))
+                sock = listening_socket(family, address, self._backlog)
+                acceptors.append(Acceptor(sock, self._capped, self._wire))
+        except BaseException:
+            for acceptor in acceptors:
+                acceptor.close()
+            raise
+        # aiohttp types it an asyncio server; it only reads `sockets` and calls `close`.
+        self._server = Listeners(acceptors)  # type: ignore[assignment]
