@@ -154,14 +154,15 @@ http {{
   open_file_cache max=64 inactive=60s;
   open_file_cache_valid 60s;
   keepalive_requests 1000000;
+  # `deferred` (TCP_DEFER_ACCEPT) and the backlog: as imds listens (imds.acceptor).
   server {{
-    listen 127.0.0.1:{keepalive_port} backlog=4096;
+    listen 127.0.0.1:{keepalive_port} backlog=4096 deferred;
     keepalive_timeout 65s;
     include {work}/nginx-routes.conf;
   }}
   server {{
     # Like EC2 [N-04] (and imds by default): one response per connection.
-    listen 127.0.0.1:{close_port} backlog=4096;
+    listen 127.0.0.1:{close_port} backlog=4096 deferred;
     keepalive_timeout 0;
     include {work}/nginx-routes.conf;
   }}

@@ -24,11 +24,13 @@ timeout counts from then.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import errno
 import logging
 import socket
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -65,7 +67,7 @@ class _Socket:
 
     __slots__ = ("sock",)
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -87,6 +89,10 @@ class Acceptor:
         # Connections answered and closed here, and connections given to the event loop.
         self.answered = 0
         self.adopted = 0
+        # Accepted connections are C-level sockets (_socket.socket, which socket.socket
+        # wraps): the Python wrapper and its enum-typed family cost 5 µs a connection,
+        # the C one 1 µs (a connection costs about 60 µs in all).
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
         self._loop.add_reader(sock.fileno(), self._ready)
 
     def close(self) -> None:
@@ -100,10 +106,12 @@ class Acceptor:
             task.cancel()
 
     def _ready(self) -> None:
-        accept = self.sock.accept
+        # What socket.accept does, minus its wrapper (above).
+        accept = self.sock._accept  # type: ignore[attr-defined]
+        family, kind, proto = self._kind
         for _ in range(BATCH):
             try:
-                conn, peer = accept()
+                fd, peer = accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -115,13 +123,20 @@ class Acceptor:
                 self._loop.remove_reader(self.sock.fileno())
                 self._retry = self._loop.call_later(_RETRY_DELAY, self._resume)
                 return
-            self._serve(conn, peer[0])
+            conn = _socket.socket(family, kind, proto, fd)
+            try:
+                self._serve(conn, peer[0])
+            except Exception as exc:  # a bug in imds: this connection only
+                # As imds.httpd logs one: where, but not the text (it may hold data).
+                log.error("internal error answering %s: %s\n%s", peer[0],
+                          type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+                conn.close()
 
     def _resume(self) -> None:
         self._retry = None
         self._loop.add_reader(self.sock.fileno(), self._ready)
 
-    def _serve(self, conn: socket.socket, remote: str) -> None:
+    def _serve(self, conn: _socket.socket, remote: str) -> None:
         # The accepted socket is blocking (accept4 without SOCK_NONBLOCK); MSG_DONTWAIT
         # makes these two calls not wait, without a third call to change the socket.
         try:
@@ -160,10 +175,13 @@ class Acceptor:
             conn.close()
             self.answered += 1
 
-    def _adopt(self, conn: socket.socket, first: Adopted) -> None:
+    def _adopt(self, conn: _socket.socket, first: Adopted) -> None:
         self.adopted += 1
         protocol = FastPath(self._server, self._wire, first)
-        task = self._loop.create_task(self._connect(conn, protocol))
+        # Event loops take a socket.socket.
+        family, kind, proto = self._kind
+        wrapped = socket.socket(family, kind, proto, conn.detach())
+        task = self._loop.create_task(self._connect(wrapped, protocol))
         self._adopting.add(task)
         task.add_done_callback(self._adopting.discard)
 

@@ -375,7 +375,8 @@ OPTIONS: tuple[Option, ...] = (
            "most headers a request may carry; more get 400", "N"),
     Option("fast_path", _bool,
            "answer plain token PUTs and metadata GETs on a lean HTTP path in front of "
-           "aiohttp, which still takes every other request (true|false)", "BOOL"),
+           "aiohttp (on Linux, from a deferred accept loop), which still takes every "
+           "other request (true|false)", "BOOL"),
     Option("control", _bool,
            "serve the control API, /metrics and the timeline page on their own listener",
            "BOOL"),

@@ -4,9 +4,11 @@ The fast path: the requests every SDK makes, answered without aiohttp's machiner
 An SDK fetching credentials sends three small requests, a new connection each [N-04]:
 PUT the token, GET the role list, GET the role's document. aiohttp spends most of each
 answer building and tearing down its own request, response and task objects
-(docs/benchmarks.md). `FastPath` is the protocol every metadata connection starts with:
-it reads a request head and, when the request is plain, asks `imds.app.answer` (the
-function aiohttp's handler calls too) and writes the reply's bytes itself.
+(docs/benchmarks.md). `Wire.respond` turns a plain request head into the reply's bytes,
+asking `imds.app.answer` (the function aiohttp's handler calls too). On Linux the accept
+loop (imds.acceptor) uses it on a connection's first request before the event loop has
+the connection; `FastPath`, the protocol every metadata connection the event loop takes
+starts with, uses it for every request it reads.
 
 Plain means: one complete HTTP/1.1 GET or PUT, nothing after its head, a path of
 unreserved characters, every header well-formed and none that needs interpreting

@@ -10,7 +10,8 @@ un-EC2-like:
   connection idle the longest (else the oldest), never the newcomer: a thousand idle or
   slow connections cannot keep a new SDK client from being served. With the fast path on,
   each connection starts there (imds.fastpath) and is handed to aiohttp when it asks for
-  more than a plain answer.
+  more than a plain answer; on Linux most connections are answered and closed by the
+  accept loop (imds.acceptor) and never reach the cap.
 - `Ec2RequestHandler` answers what aiohttp cannot parse (bad request line, oversized or
   too many headers, bad encoding) with EC2's 400 and `Server: EC2ws` instead of aiohttp's
   own page [R-10], logs no byte of it (it may carry a token), and closes the connection.

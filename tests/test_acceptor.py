@@ -180,3 +180,30 @@ class TestListening:
         token = await new_token(imds)
         [answer] = await exchange(imds, get(CREDENTIALS, token))
         assert 200 == status_of(answer)
+
+
+class TestInternalError:
+    async def test_a_bug_costs_its_own_connection_only_and_logs_no_request_bytes(
+        self, imds: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A stand-in bug (the reply raises) for one request; the next is served."""
+        token = await new_token(imds)
+        wire = acceptors(imds)[0]._wire
+        real = wire.respond
+
+        def broken(data: bytes, *args: object) -> object:
+            monkeypatch.setattr(wire, "respond", real)
+            raise ValueError(data.decode())
+
+        monkeypatch.setattr(wire, "respond", broken)
+        reader, writer = await asyncio.open_connection(*address(imds))
+        try:
+            writer.write(get(CREDENTIALS, token))
+            assert b"" == await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        [after] = await exchange(imds, get(CREDENTIALS, token))
+        assert 200 == status_of(after)
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "ValueError" in errors[0]
+        assert token not in caplog.text
