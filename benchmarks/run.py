@@ -5,11 +5,12 @@ start to the first credential.
 
     .venv/bin/python benchmarks/run.py [--quick] [--json benchmarks/results.json]
 
-nginx (one worker) serves the same credential bytes as static files and is the baseline
-for what this machine can do; wrk loads both at 50 connections. Each server gets the same
-single CPU, wrk the others. Rounds alternate nginx and imds and the medians are reported,
-because a shared machine drifts. Needs the Debian packages wrk and nginx (installed with
-apt-get when run as root; --no-install to refuse). See docs/benchmarks.md.
+nginx (one worker, accepting deferred as imds does) serves the same credential bytes as
+static files and is the baseline for what this machine can do; wrk loads both at 50
+connections. Each server gets the same single CPU, wrk the others. Rounds alternate nginx
+and imds and the medians are reported, because a shared machine drifts. Needs the Debian
+packages wrk and nginx (installed with apt-get when run as root; --no-install to refuse).
+See docs/benchmarks.md.
 """
 
 from __future__ import annotations
