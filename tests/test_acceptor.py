@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import socket
 
 import pytest
 
 from imds import acceptor
+from imds.errors import StartupError
+from imds.listen import Endpoint, start_sites
 from imds.server import Running, start
 from tests.conftest import ServerFactory, make_config
 from tests.test_fastpath import (
@@ -168,6 +172,19 @@ class TestListening:
         with socket.socket() as again:
             again.bind(("127.0.0.1", port))
 
+    async def test_an_address_that_never_appears_fails_and_leaves_no_site(
+        self, imds: Running
+    ) -> None:
+        """192.0.2.1 (TEST-NET-1) is on no interface: bind only, nothing is sent."""
+        before = set(imds.runner.sites)
+        with pytest.raises(StartupError, match=r"192\.0\.2\.1:80"):
+            await start_sites(imds.runner.site, (Endpoint("192.0.2.1", 80),),
+                              address_wait=0.3)
+        assert before == set(imds.runner.sites)
+        token = await new_token(imds)
+        [answer] = await exchange(imds, get(CREDENTIALS, token))
+        assert 200 == status_of(answer)
+
     async def test_a_client_that_leaves_without_asking_costs_nothing(
         self, imds: Running
     ) -> None:
@@ -207,3 +224,41 @@ class TestInternalError:
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1 and "ValueError" in errors[0]
         assert token not in caplog.text
+
+
+class TestOutOfDescriptors:
+    async def test_it_pauses_accepting_then_serves_who_waited(
+        self, imds: Running, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """
+        accept(2) fails with EMFILE while the open-file limit is full: the connection waits
+        in the backlog, the accept loop retries a second later, and it is answered.
+        """
+        token = await new_token(imds)
+        loop = asyncio.get_running_loop()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            # New descriptors take the lowest free number below the limit: with the limit
+            # at the second-lowest free number, the client's socket takes the only one.
+            lowest, next_lowest = os.dup(0), os.dup(0)
+            os.close(lowest)
+            os.close(next_lowest)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (next_lowest, hard))
+            client = socket.socket()
+            client.setblocking(False)
+            await loop.sock_connect(client, address(imds))
+            await loop.sock_sendall(client, get(CREDENTIALS, token))
+            deadline = loop.time() + 5
+            while "cannot accept connections" not in caplog.text and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        try:
+            received = b""
+            while chunk := await asyncio.wait_for(loop.sock_recv(client, 65536), 5):
+                received += chunk
+        finally:
+            client.close()
+        assert "cannot accept connections for now" in caplog.text
+        assert 200 == status_of(received)
+
