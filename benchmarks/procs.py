@@ -245,8 +245,8 @@ def run_moto(work: Path) -> Iterator[str]:
 @contextmanager
 def run_floor(work: Path, document: bytes, *, close: bool = False) -> Iterator[Server]:
     """
-    benchmarks/floor.py: the same bytes from a bare asyncio protocol (a reference), closing
-    each connection after its response with `close`.
+    benchmarks/floor.py: the same bytes from bare Python (a reference): an asyncio protocol,
+    or with `close` a deferred accept loop that closes each connection after its response.
     """
     port = free_port()
     body = work / "floor-body"

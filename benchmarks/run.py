@@ -127,7 +127,7 @@ def loadavg() -> list[float]:
 
 
 def throughput(work: Path, options: argparse.Namespace) -> dict[str, Any]:
-    """The wrk scenarios, nginx and imds alternating, plus the bare-protocol floor."""
+    """The wrk scenarios, nginx and imds alternating, plus the bare Python floors."""
     env = procs.bench_env(work)
     with procs.run_imds(work, env=env, name="imds-close") as imds_close, \
             procs.run_imds(work, "--connection-close", "false", env=env,
@@ -192,9 +192,11 @@ def throughput(work: Path, options: argparse.Namespace) -> dict[str, Any]:
             "ratio": imds_m["requests_per_second"] / nginx_m["requests_per_second"],
             "cpu_ratio": nginx_m["cpu_us_per_request"] / imds_m["cpu_us_per_request"],
         }
-    for key, how in (("floor", "keep-alive"), ("floor_close", "new connection each")):
+    for key, what in (("floor", "bare uvloop protocol, same bytes, keep-alive"),
+                      ("floor_close", "bare deferred accept loop, same bytes, new connection "
+                                      "each")):
         result = floors[key]
-        out[key] = {"title": f"bare uvloop protocol, same bytes, {how} (reference)",
+        out[key] = {"title": what,
                     "result": asdict(result), "requests_per_second": result.rps}
     return out
 
@@ -388,7 +390,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk round")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--puts", type=int, default=1_000_000)
     parser.add_argument("--cold-clients", type=int, default=1000)
