@@ -9,7 +9,8 @@ it) cost more than the answer (docs/benchmarks.md). So the listening socket is m
 TCP_DEFER_ACCEPT, and the kernel hands a connection over only once its first bytes have
 arrived. `Acceptor` accepts a batch each time the listening socket is ready, reads each
 connection's request at once, and when it is a whole plain request (imds.fastpath.Wire)
-sends the answer and closes: four system calls, nothing registered.
+sends the answer and closes: accept4, recv, send and close (and the getsockname CPython
+makes for each socket object), nothing registered.
 
 Everything else is adopted by the event loop, starting on `FastPath` with what was read
 and written so far: a head not complete yet, a request aiohttp must answer, a kept-alive
