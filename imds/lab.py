@@ -28,6 +28,8 @@ from imds.sources.base import CredentialSource, RoleIdentity
 
 log = logging.getLogger("imds.lab")
 
+_new_tuple = tuple.__new__
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Distinct (path, status) pairs counted before new paths share one bucket: a client
@@ -231,13 +233,24 @@ class Lab:
     def record(self, path: str, status: int, client: str,
                fetched: tuple[str, str] | None, applied: str = "") -> None:
         """`observe` with `fetched` worked out already (imds.fastpath keeps it)."""
-        self._count(path, status)
-        if status == 200 and path == p.TOKEN_PATH:
-            self.tokens_issued += 1
+        # Once per answer, kept ones included (imds.fastpath): the common case, a path
+        # and status counted before, is done here without a call.
+        requests = self.requests
+        key = (path, status)
+        known = requests.get(key)
+        if known is None:
+            self._count(path, status)
+        else:
+            requests[key] = known + 1
         if fetched is None:
+            if status == 200 and path == p.TOKEN_PATH:
+                self.tokens_issued += 1
             return
         self.credential_fetches += 1
-        fetch = ClientFetch(self.clock(), client, fetched[0], fetched[1], applied)
+        # A named tuple's own __new__ is a Python function; tuple.__new__ builds the same
+        # object in C, in half the time.
+        fetch = _new_tuple(ClientFetch, (self.clock(), client, fetched[0], fetched[1],
+                                         applied))
         self.fetches.append(fetch)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("client %s fetched role %s: key %s%s", fetch.client, fetch.role,
