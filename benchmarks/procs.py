@@ -26,6 +26,11 @@ CPUS = sorted(os.sched_getaffinity(0))
 SERVER_CPU = CPUS[-1]
 LOAD_CPUS = CPUS[:-1] or CPUS
 
+# Made-up base keys for imds's STS source, used only against moto (which accepts any
+# well-formed signature). Not a real secret.
+FAKE_BASE_KEYS = {"AWS_ACCESS_KEY_ID": "AKIAIMDSBENCHBASEKEY",
+                  "AWS_SECRET_ACCESS_KEY": "imdsBenchFakeSecretForMotoOnly0000000000"}
+
 
 def free_port() -> int:
     with socket.socket() as probe:

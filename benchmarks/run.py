@@ -245,10 +245,7 @@ def sts_calls(work: Path, options: argparse.Namespace) -> dict[str, Any]:
     start beside it.
     """
     role_arn = "arn:aws:iam::111122223333:role/bench"
-    # Made-up base keys: moto accepts any well-formed signature.
-    fake_keys = {"AWS_ACCESS_KEY_ID": "AKIAIMDSBENCHBASEKEY",
-                 "AWS_SECRET_ACCESS_KEY": "imdsBenchFakeSecretForMotoOnly0000000000"}
-    env = procs.bench_env(work, AWS_DEFAULT_REGION="us-east-1", **fake_keys)
+    env = procs.bench_env(work, AWS_DEFAULT_REGION="us-east-1", **procs.FAKE_BASE_KEYS)
     with procs.run_moto(work) as moto, CountingProxy(moto) as proxy:
         port = procs.free_port()
         command = procs.imds_command(port, work / "state-sts", "--role-arn", role_arn,

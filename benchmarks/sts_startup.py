@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from procs import FAKE_BASE_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = "arn:aws:iam::111122223333:role/bench"
@@ -113,18 +114,16 @@ def main() -> None:
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     sts_url = f"http://127.0.0.1:{moto.get_host_and_port()[1]}"
-    keys = {"AWS_ACCESS_KEY_ID": "AKIAIMDSBENCHBASEKEY",
-            "AWS_SECRET_ACCESS_KEY": "imdsBenchBaseSecretNotReal/0123456789"}
     try:
         with tempfile.TemporaryDirectory() as home:
             local = [startup([], env(home)) for _ in range(options.runs)]
             sts = [startup(["--role-arn", ROLE, "--sts-endpoint-url", sts_url],
-                           env(home, **keys)) for _ in range(options.runs)]
+                           env(home, **FAKE_BASE_KEYS)) for _ in range(options.runs)]
         print(f"startup to first credential ({options.runs} runs, incl. interpreter start)")
         print(f"  embedded default   {summary(local)}")
         print(f"  --role-arn (moto)  {summary(sts)}")
 
-        os.environ.update(keys)
+        os.environ.update(FAKE_BASE_KEYS)
         from imds.sources.sts import AssumeRoleSettings, AssumeRoleSource
 
         source = AssumeRoleSource(AssumeRoleSettings(role_arns=(ROLE,), session_name="bench",

@@ -78,10 +78,12 @@ class _Socket:
 class Acceptor:
     """One listening socket, accepted from by hand (see the module's docstring)."""
 
-    def __init__(self, sock: socket.socket, server: CappedServer, wire: Wire) -> None:
+    def __init__(self, sock: socket.socket, server: CappedServer) -> None:
+        wire = server.wire
+        assert wire is not None  # httpd.Runner.site makes acceptors only with the fast path
         self.sock = sock
         self._server = server
-        self._wire = wire
+        self._wire: Wire = wire
         self._loop = server.loop
         self._read_size = server.limits.max_header_size + 4
         self._max_header_size = server.limits.max_header_size
@@ -231,13 +233,12 @@ def listening_socket(family: int, address: Any, backlog: int) -> socket.socket:
 class AcceptorSite(web.BaseSite):
     """A TCP site whose connections are accepted by `Acceptor`s (imds.httpd.Runner)."""
 
-    __slots__ = ("_capped", "_host", "_port", "_wire")
+    __slots__ = ("_capped", "_host", "_port")
 
-    def __init__(self, runner: web.BaseRunner, server: CappedServer, wire: Wire,
-                 host: str, port: int, *, backlog: int = 128) -> None:
+    def __init__(self, runner: web.BaseRunner, server: CappedServer, host: str, port: int,
+                 *, backlog: int = 128) -> None:
         super().__init__(runner, backlog=backlog)
         self._capped = server
-        self._wire = wire
         self._host = host
         self._port = port
 
@@ -259,7 +260,7 @@ class AcceptorSite(web.BaseSite):
                     continue
                 seen.add((family, address))
                 sock = listening_socket(family, address, self._backlog)
-                acceptors.append(Acceptor(sock, self._capped, self._wire))
+                acceptors.append(Acceptor(sock, self._capped))
         except BaseException:
             for acceptor in acceptors:
                 acceptor.close()

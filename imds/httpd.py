@@ -358,8 +358,7 @@ class Runner(web.AppRunner):
         """
         capped = self.capped
         if capped is not None and capped.wire is not None and acceptor.SUPPORTED:
-            return acceptor.AcceptorSite(self, capped, capped.wire, host, port,
-                                         backlog=self.backlog)
+            return acceptor.AcceptorSite(self, capped, host, port, backlog=self.backlog)
         return web.TCPSite(self, host, port, reuse_address=True, backlog=self.backlog)
 
     @property
