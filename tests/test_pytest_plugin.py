@@ -78,7 +78,7 @@ class TestFixture:
     ) -> None:
         pytester.makepyfile(
             """
-            import json, urllib.request
+            import json, time, urllib.request
             import pytest
 
             def get(server, path, headers=None):
@@ -102,9 +102,14 @@ class TestFixture:
                 path = "/latest/meta-data/iam/security-credentials/" + server.role_name
                 handle = server.expire()
                 doc = json.loads(get(server, path)[1])
-                assert doc["Expiration"] <= doc["LastUpdated"]
+                # Already past when served [L-04]. Stamps have whole seconds, so compare
+                # with the second of the fetch, not LastUpdated: the fault may begin a
+                # second after the keys were issued.
+                fetched = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                assert doc["Expiration"] <= fetched
                 server.rotate()
                 assert not handle.active
+                assert json.loads(get(server, path)[1])["Expiration"] > fetched
 
             def test_settings(imds_server):
                 role = imds_server.settings(lifetime=60, refresh_ahead=10)
