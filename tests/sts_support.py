@@ -26,6 +26,12 @@ from xml.sax.saxutils import escape
 import aiohttp
 from aiohttp import web
 
+# Made-up base keys, readable as such, for the tests that sign requests to moto. They are
+# not a secret and nothing real accepts them; tests that set them also send any call that
+# misses the test endpoints to a closed loopback port.
+BASE_KEY_ID = "AKIAIMDSTESTBASE7KEY"
+BASE_SECRET = "imdsTestBaseSecretNotReal/0123456789abcdef"
+
 _SKIP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
                            "accept-encoding", "keep-alive"})
 _KEY_ID = re.compile(r"Credential=([A-Z0-9]+)/")

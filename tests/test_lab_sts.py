@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from imds.sources.sts import AssumeRoleSettings, AssumeRoleSource
 from tests.conftest import ServerFactory
 from tests.labutil import ControlAPI
-from tests.sts_support import StsProxy
+from tests.sts_support import BASE_KEY_ID, BASE_SECRET, StsProxy
 
 ROLE = "arn:aws:iam::111122223333:role/app"
 
@@ -19,8 +19,8 @@ ROLE = "arn:aws:iam::111122223333:role/app"
 @pytest.fixture
 def sts(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[StsProxy]:
     # Fake base keys for moto; anything that missed the proxy would hit a closed port.
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIMDSTESTBASE7KEY")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "imdsTestBaseSecretNotReal/0123456789abcdef")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", BASE_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", BASE_SECRET)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     proxy = StsProxy(moto_url).start()
     yield proxy

@@ -26,6 +26,7 @@ from imds.server import Running
 from tests import rawhttp
 from tests.conftest import ServerFactory
 from tests.processes import clean_env, run_imds
+from tests.sts_support import BASE_KEY_ID, BASE_SECRET
 
 TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN = "X-aws-ec2-metadata-token"
@@ -39,8 +40,6 @@ SHAPES = {
     "session token": re.compile(r"IQoJb3JpZ2lu"),
     "IMDS token": re.compile(r"AQAEA[A-Za-z0-9_-]{49}=="),
 }
-BASE_KEY_ID = "AKIAIMDSLOGTESTBASEK"
-BASE_SECRET = "imdsLogTestBaseSecretNotReal/0123456789ab"
 
 
 class Secrets:

@@ -22,6 +22,7 @@ from imds.errors import ConfigError
 from imds.metadata import lookup
 from imds.server import Running
 from tests.conftest import ServerFactory
+from tests.sts_support import BASE_KEY_ID, BASE_SECRET
 
 TOKEN = "X-aws-ec2-metadata-token"
 TTL = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -231,8 +232,8 @@ class TestRoleArnEntries:
         """A role ARN goes through the STS-backed source (moto here); names stay local."""
         import boto3
 
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIMDSTESTBASE7KEY")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "imdsTestBaseSecretNotReal/0123456789ab")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", BASE_KEY_ID)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", BASE_SECRET)
         arn = "arn:aws:iam::111122223333:role/team/app"
         path = write_map(tmp_path, f'[clients]\n"127.0.0.2" = "{arn}"\n')
         server = await imds_factory(role_map=path, sts_endpoint_url=moto_url)

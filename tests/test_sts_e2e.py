@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.processes import clean_env, run, run_imds
-from tests.sts_support import StsProxy
+from tests.sts_support import BASE_KEY_ID, BASE_SECRET, StsProxy
 
 pytestmark = pytest.mark.e2e
 
-BASE_KEY_ID = "AKIAIMDSTESTBASE7KEY"
-BASE_SECRET = "imdsTestBaseSecretNotReal/0123456789abcdef"
 ROLE_A = "arn:aws:iam::111122223333:role/app"
 
 # What the SDK in the container sees, as JSON.

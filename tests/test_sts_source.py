@@ -29,11 +29,8 @@ from imds.errors import PermanentSourceError, SourceError, StartupError
 from imds.server import Running, start
 from imds.sources.sts import AssumeRoleSettings, AssumeRoleSource, trusts_ec2
 from tests.conftest import ServerFactory, make_config
-from tests.sts_support import StsProxy
+from tests.sts_support import BASE_KEY_ID, BASE_SECRET, StsProxy
 
-# Fake base credentials for moto, set in the environment of the tests that need them only.
-BASE_KEY_ID = "AKIAIMDSTESTBASE7KEY"
-BASE_SECRET = "imdsTestBaseSecretNotReal/0123456789abcdef"
 ROLE_A = "arn:aws:iam::111122223333:role/app"
 ROLE_B = "arn:aws:iam::444455556666:role/deploy/cross-account"
 TOKEN_TTL = {"X-aws-ec2-metadata-token-ttl-seconds": "300"}
