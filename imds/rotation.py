@@ -22,6 +22,10 @@ from imds.sources.base import CredentialSource
 
 log = logging.getLogger("imds.rotation")
 
+# The least time between fetches when credentials arrive already due to be replaced
+# (`Rotator.next_refresh_at`): a 1 s lifetime then costs about three fetches a second.
+REFETCH_MIN = 0.25
+
 
 @dataclass(frozen=True, slots=True)
 class RotationEvent:
@@ -68,6 +72,8 @@ class Rotator:
         self._wake = asyncio.Event()
         self._failures = 0
         self._retry_at: float | None = None
+        # When the current credentials arrived, by `clock`.
+        self._arrived = 0.0
         self.fetches = 0
         self.history: deque[RotationEvent] = deque(maxlen=history)
         self.listeners: list[Callable[[RotationEvent], None]] = []
@@ -91,7 +97,16 @@ class Rotator:
         if current is None:
             return self._clock()
         ahead = effective_ahead(self.refresh_ahead, current.credentials.lifetime)
-        return current.expires_at - ahead
+        due = current.expires_at - ahead
+        if due > self._arrived:
+            return due
+        # They arrived already due: a 1 s lifetime, which whole-second stamps [C-09] cut
+        # short, or a clock ahead of the source's. Refreshing at once would fetch again
+        # and again (a busy loop, or a storm of AssumeRole calls), so refresh halfway
+        # through what is left, not sooner than REFETCH_MIN and no later than expiry.
+        # Credentials that arrived expired are retried with backoff instead (`run`).
+        left = current.expires_at - self._arrived
+        return min(current.expires_at, self._arrived + max(REFETCH_MIN, left / 2))
 
     async def prime(self) -> Rendered:
         """Fetch the first credentials; a failure propagates so startup can report it."""
@@ -124,6 +139,7 @@ class Rotator:
             self._record(RotationEvent(at=started, ok=False, error=str(exc)))
             raise
         rendered = Rendered.of(creds, self.source.role.account_id)
+        self._arrived = self._clock()
         self._current = rendered
         self._record(
             RotationEvent(
@@ -165,7 +181,7 @@ class Rotator:
             if self._clock() < self.next_refresh_at():
                 continue  # woken early to reschedule
             try:
-                await self.refresh()
+                rendered = await self.refresh()
             except SourceError as exc:
                 self._failures += 1
                 delay = self._backoff(self._failures)
@@ -182,8 +198,25 @@ class Rotator:
                     delay,
                 )
             else:
-                self._failures = 0
-                self._retry_at = None
+                if rendered.expires_at > self._arrived:
+                    self._failures = 0
+                    self._retry_at = None
+                else:
+                    self._expired_on_arrival(rendered)
+
+    def _expired_on_arrival(self, rendered: Rendered) -> None:
+        # STS answers with a duration from its own clock, so this means our clock is
+        # ahead of it by more than the lifetime. Fetching again at once would not help.
+        self._failures += 1
+        delay = self._backoff(self._failures)
+        self._retry_at = self._clock() + delay
+        log.warning(
+            "credentials for role %s expired before they arrived (expiration %s); is this "
+            "machine's clock right? retrying in %.1fs",
+            self.source.role.name,
+            rendered.credentials.expiration.isoformat(),
+            delay,
+        )
 
     def _backoff(self, failures: int) -> float:
         # Exponential backoff with jitter; the cap keeps recovery prompt once STS returns.

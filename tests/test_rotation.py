@@ -6,15 +6,17 @@ import asyncio
 import datetime as dt
 import json
 import time
+from itertools import pairwise
 
 import aiohttp
 import pytest
 
 from imds.credentials import Credentials
 from imds.errors import SourceError
-from imds.rotation import Rotator, effective_ahead
+from imds.rotation import REFETCH_MIN, Rotator, effective_ahead
 from imds.sources import LocalSource, RoleIdentity
 from tests.conftest import ServerFactory
+from tests.polling import until
 from tests.test_metadata_http import ROLE, fetch, get_token
 
 
@@ -78,9 +80,10 @@ class TestRotator:
         first = await rotator.prime()
         task = asyncio.create_task(rotator.run())
         try:
-            await asyncio.sleep(1.3)  # due at expiry - 1 s
+            # Due at expiry - 1 s, which is within a second of the prime.
+            await until(lambda: rotator.current is not first, 5.0, "a rotation")
             second = rotator.current
-            assert second is not None and second is not first
+            assert second is not None
             assert second.credentials.access_key_id != first.credentials.access_key_id
             # [L-01] the new set was in place before the old one expired.
             assert rotator.history[1].at < first.expires_at
@@ -96,16 +99,77 @@ class TestRotator:
         source.failing = True
         task = asyncio.create_task(rotator.run())
         try:
-            await asyncio.sleep(1.6)
-            assert source.calls >= 3  # prime + several retries
+            await until(lambda: source.calls >= 4, 5.0, "the prime and three retries")
             assert rotator.current is first
+            assert not any(event.ok for event in list(rotator.history)[1:])
             source.failing = False
-            await asyncio.sleep(0.4)
-            assert rotator.current is not first
+            # Retries come at most 0.2 s apart.
+            await until(lambda: rotator.current is not first, 3.0, "recovery")
             assert rotator.history[-1].ok
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    @pytest.mark.parametrize(
+        "lifetime, arrived, expected",
+        [
+            (3600, 0.0, 3300.0),  # the usual case: refresh_ahead before expiry
+            (1, 0.2, 0.5),  # 1 s, early in the issue second: half the lifetime ahead
+            (1, 0.6, 0.6 + REFETCH_MIN),  # already due: not sooner than REFETCH_MIN
+            (1, 0.9, 1.0),  # ... and never later than expiry
+            (900, 700.0, 800.0),  # a clock 700 s ahead: halfway through what is left
+        ],
+    )
+    async def test_credentials_that_arrive_due_are_refreshed_before_expiry_not_at_once(
+        self, lifetime: int, arrived: float, expected: float
+    ) -> None:
+        # The source issues at a whole second T [C-09]; they arrive `arrived` later.
+        issued = 1_800_000_000
+        source = LocalSource(ROLE, "123456789012", lifetime, lambda: issued)
+        rotator = Rotator(source, refresh_ahead=300, clock=lambda: issued + arrived)
+        await rotator.prime()
+        assert rotator.next_refresh_at() - issued == pytest.approx(expected, abs=1e-6)
+
+    async def test_a_one_second_lifetime_is_not_a_busy_loop_and_has_no_lapse(self) -> None:
+        source = FlakySource(lifetime=1)
+        rotator = Rotator(source, refresh_ahead=300, clock=time.time)
+        await rotator.prime()
+        task = asyncio.create_task(rotator.run())
+        try:
+            await asyncio.sleep(2.5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        # Each set's expiry, and when the first fetch that brought it began.
+        began: dict[float, float] = {}
+        for event in rotator.history:
+            began.setdefault(event.expires_at, event.at)
+        expiries = sorted(began)
+        assert len(expiries) >= 3
+        # About three fetches a second (it was thousands)...
+        assert source.calls <= 12
+        # ... and each set was replaced as it expired, not up to a backoff later.
+        lapses = [began[new] - old for old, new in pairwise(expiries)]
+        assert max(lapses) < 0.3
+
+    async def test_credentials_expired_on_arrival_back_off_and_blame_the_clock(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        source = FlakySource(lifetime=900)
+        rotator = Rotator(source, refresh_ahead=300, clock=lambda: time.time() + 3600,
+                          backoff_base=0.1, backoff_cap=0.4)
+        await rotator.prime()
+        task = asyncio.create_task(rotator.run())
+        try:
+            await asyncio.sleep(1.0)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        # Retried with backoff (0.05-0.1 s, doubling to 0.2-0.4 s), not fetched in a loop.
+        assert 3 <= source.calls <= 10
+        assert rotator.valid(time.time() + 3600) is None
+        assert "expired before they arrived" in caplog.text
+        assert "clock" in caplog.text
 
     async def test_naive_datetimes_are_rejected(self) -> None:
         now = dt.datetime(2026, 1, 1)
@@ -143,16 +207,28 @@ class TestRotationOverHttp:
         server.rotator._backoff_base = 0.1
         server.rotator._backoff_cap = 0.2
         source.failing = True
-        await asyncio.sleep(1.2)
         token = await get_token(http, server.url)
         path = f"/latest/meta-data/iam/security-credentials/{ROLE}"
-        status, _, body = await fetch(http, server.url, path, token)
-        assert 200 == status
-        document = json.loads(body)
+
+        async def poll(code: str, within: float) -> dict[str, str]:
+            # Waits on the server's clock, not a fixed sleep, so a slow machine only
+            # makes the test longer.
+            deadline = time.monotonic() + within
+            while True:
+                status, _, body = await fetch(http, server.url, path, token)
+                assert 200 == status
+                document: dict[str, str] = json.loads(body)
+                if document["Code"] == code or time.monotonic() > deadline:
+                    return document
+                await asyncio.sleep(0.05)
+
+        # The first keys lapse within a second (whole-second stamps [C-09]).
+        document = await poll("AssumeRoleUnauthorizedAccess", within=3.0)
         assert "AssumeRoleUnauthorizedAccess" == document["Code"]
         assert f"EC2 cannot assume the role {ROLE}." in document["Message"]
         assert "AccessKeyId" not in document
         source.failing = False
-        await asyncio.sleep(0.5)
-        status, _, body = await fetch(http, server.url, path, token)
-        assert "Success" == json.loads(body)["Code"]
+        # Retries come at most 0.2 s apart.
+        document = await poll("Success", within=3.0)
+        assert "Success" == document["Code"]
+        assert document["AccessKeyId"].startswith("ASIA")

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from imds.errors import PermanentSourceError, SourceError, StartupError
 from imds.server import Running, start
 from imds.sources.sts import AssumeRoleSettings, AssumeRoleSource, trusts_ec2
 from tests.conftest import ServerFactory, make_config
+from tests.polling import until
 from tests.sts_support import BASE_KEY_ID, BASE_SECRET, StsProxy
 
 ROLE_A = "arn:aws:iam::111122223333:role/app"
@@ -97,14 +98,6 @@ def caller_arn(endpoint: str, doc: dict[str, str]) -> str:
 def expiry(doc: dict[str, str]) -> float:
     stamp = dt.datetime.strptime(doc["Expiration"], "%Y-%m-%dT%H:%M:%SZ")
     return stamp.replace(tzinfo=dt.UTC).timestamp()
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.usefixtures("base_keys")
@@ -216,7 +209,9 @@ class TestRotation:
     async def test_many_clients_across_a_rotation_cause_one_assume_role(
         self, sts: StsProxy, imds_factory: ServerFactory, http: aiohttp.ClientSession
     ) -> None:
-        running = await imds_factory(source=make_source(sts, duration=4))
+        # 8 s keys rotate 3-4 s apart (half the life, less the whole-second cut): time
+        # for 30 clients to finish after the first rotation before a second is due.
+        running = await imds_factory(source=make_source(sts, duration=8))
         rotator = running.rotator
         assert rotator.current is not None
         first = rotator.current.credentials.access_key_id
