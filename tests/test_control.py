@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 import time
@@ -18,6 +17,7 @@ from imds.server import Running, start
 from imds.sources import LocalSource, RoleIdentity
 from tests.conftest import ServerFactory, make_config
 from tests.labutil import CREDENTIALS, ControlAPI, get, token
+from tests.polling import until
 
 ROLE = "imds-local-role"
 
@@ -125,7 +125,7 @@ class TestActions:
         current = role["current"]
         assert (120, 30) == (role["lifetime"], role["refresh_ahead"])
         # The current keys keep their hour; they are now replaced 30 s before expiry.
-        assert current["expires"] - 30 == pytest.approx(role["next_rotation"])
+        assert current["expires"] - 30 == pytest.approx(role["next_rotation"], abs=1e-3)
         rotated = await lab.ok("POST", "/api/rotate")
         assert 120 == rotated["expires"] - rotated["issued"]
 
@@ -134,11 +134,14 @@ class TestActions:
     ) -> None:
         """Rotator.poke(): a new schedule takes effect without waiting for the old one."""
         lab = ControlAPI(http, await imds_factory(credential_lifetime=6, refresh_ahead=0))
-        first = lab.running.rotator.current
+        rotator = lab.running.rotator
+        first = rotator.current
+        assert first is not None
         # Planned 5-6 s from now (issue times are whole seconds); now 2-3 s.
         await lab.ok("POST", "/api/settings", {"refresh_ahead": 3})
-        await asyncio.sleep(3.2)
-        assert first is not lab.running.rotator.current
+        await until(lambda: rotator.current is not first, 8.0, "a rotation")
+        # At the new schedule, 3 s before expiry; the old one was at expiry.
+        assert rotator.history[1].at < first.expires_at - 2
 
     @pytest.mark.parametrize("body", [{"lifetime": 0}, {"refresh_ahead": -1},
                                       {"lifetime": "60"}, {"colour": 1}])
@@ -220,7 +223,7 @@ class TestStatus:
         hint = current.credentials.key_hint
         assert (hint, "valid") == (role["current"]["key"], role["current"]["state"])
         assert 3590 < role["current"]["seconds_left"] <= 3600
-        assert current.expires_at - 300 == pytest.approx(role["next_rotation"])
+        assert current.expires_at - 300 == pytest.approx(role["next_rotation"], abs=1e-3)
         fetch = status["fetches"][-1]
         assert ("127.0.0.1", ROLE, hint, "") == (fetch["client"], fetch["role"], fetch["key"],
                                                  fetch["fault"])

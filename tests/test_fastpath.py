@@ -24,6 +24,7 @@ from imds.faults import FaultSpec
 from imds.httpd import CappedServer
 from imds.server import Running
 from tests.conftest import ServerFactory
+from tests.polling import just_after_a_second_turns
 
 ROLE = "imds-local-role"
 CREDENTIALS = f"/latest/meta-data/iam/security-credentials/{ROLE}"
@@ -295,6 +296,8 @@ class TestHandOver:
 
 class TestKeptAnswers:
     async def test_a_repeated_request_is_sent_the_kept_answer(self, imds: Running) -> None:
+        # A kept answer lasts until its Date or TTL header would change: within a second.
+        await just_after_a_second_turns()
         token = await new_token(imds)
         raw = request("GET", CREDENTIALS, f"Host: {HOST}", f"X-aws-ec2-metadata-token: {token}")
         first, second = [(await exchange(imds, raw))[0] for _ in range(2)]
@@ -366,6 +369,7 @@ class TestKeptAnswers:
 
     async def test_kept_answers_count_as_credential_fetches(self, imds: Running) -> None:
         assert imds.lab is not None
+        await just_after_a_second_turns()
         token = await new_token(imds)
         raw = request("GET", CREDENTIALS, f"Host: {HOST}", f"X-aws-ec2-metadata-token: {token}")
         for _ in range(5):
@@ -388,15 +392,18 @@ class TestIdle:
         began = time.monotonic()
         statuses = []
         try:
-            while time.monotonic() - began < 2.5:
+            # Six requests 0.4 s apart: well past the 1 s timeout in all.
+            for _ in range(6):
+                sent = time.monotonic()
                 writer.write(request("GET", "/latest/meta-data/ami-id", f"Host: {HOST}"))
                 statuses.append(status_of(await asyncio.wait_for(read_response(reader), 5)))
-                answered = time.monotonic()
                 await asyncio.sleep(0.4)
-            # Then silence: the sweep closes it a little after the timeout.
-            assert b"" == await asyncio.wait_for(reader.read(), 3)
-            closed_after = time.monotonic() - answered
+            lived = time.monotonic() - began
+            # Then silence: the sweep closes it a little after the timeout, counted from
+            # the last answer (which came after `sent`).
+            assert b"" == await asyncio.wait_for(reader.read(), 5)
+            closed_after = time.monotonic() - sent
         finally:
             writer.close()
-        assert len(statuses) >= 5 and set(statuses) == {200}
-        assert 0.9 <= closed_after < 2.0
+        assert lived > 2.0 and statuses == [200] * 6
+        assert 1.0 <= closed_after < 3.0

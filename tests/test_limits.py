@@ -22,6 +22,7 @@ from imds.protocol import BAD_REQUEST_BODY
 from imds.server import Running
 from tests import rawhttp
 from tests.conftest import ServerFactory, make_config
+from tests.polling import until
 from tests.processes import clean_env, run_imds
 
 TTL = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -39,16 +40,26 @@ def address(url: str) -> tuple[str, int]:
 
 
 async def sdk_fetch(url: str) -> bytes:
-    """botocore's three requests [S-PY-05], each on its own connection; the document."""
-    put = await rawhttp.send(url, rawhttp.request("PUT", "/latest/api/token", {TTL: "21600"}))
-    assert put is not None and 200 == put.status
+    """
+    botocore's three requests [S-PY-05], each on its own connection; the document. Each
+    must be answered within botocore's timeout, which is per request [S-PY-06].
+    """
+
+    async def send(method: str, path: str, headers: dict[str, str]) -> rawhttp.RawResponse:
+        began = time.monotonic()
+        answer = await rawhttp.send(url, rawhttp.request(method, path, headers))
+        took = time.monotonic() - began
+        assert answer is not None
+        assert took < SDK_TIMEOUT, f"{method} {path} took {took:.2f}s"
+        return answer
+
+    put = await send("PUT", "/latest/api/token", {TTL: "21600"})
+    assert 200 == put.status
     token = {TOKEN: put.body.decode()}
-    listing = await rawhttp.send(url, rawhttp.request(
-        "GET", "/latest/meta-data/iam/security-credentials/", token))
-    assert listing is not None and ROLE.encode() == listing.body
-    document = await rawhttp.send(url, rawhttp.request(
-        "GET", f"/latest/meta-data/iam/security-credentials/{ROLE}", token))
-    assert document is not None and 200 == document.status
+    listing = await send("GET", "/latest/meta-data/iam/security-credentials/", token)
+    assert ROLE.encode() == listing.body
+    document = await send("GET", f"/latest/meta-data/iam/security-credentials/{ROLE}", token)
+    assert 200 == document.status
     return document.body
 
 
@@ -299,15 +310,12 @@ class TestConnectionCap:
         with run_imds(env=clean_env(empty_home)) as server:
             idle = await open_idle(server.url, 1000)
             try:
-                began = time.monotonic()
                 document = await sdk_fetch(server.url)
-                took = time.monotonic() - began
                 # Under the default cap nothing was closed to make room.
                 assert await still_open(idle[0][0])
             finally:
                 close_all(idle)
         assert b'"Code" : "Success"' in document
-        assert took < SDK_TIMEOUT
 
     async def test_a_burst_of_a_thousand_connects_is_accepted_within_an_sdk_timeout(
         self, many_files: None, empty_home: Path
@@ -338,15 +346,12 @@ class TestConnectionCap:
         # connection is the kernel's until its deferral ends: the test below).
         idle = await open_idle(server.url, 1000, first=b"G")
         try:
-            began = time.monotonic()
             document = await sdk_fetch(server.url)
-            took = time.monotonic() - began
             oldest_closed = not await still_open(idle[0][0])
             newest_open = await still_open(idle[-1][0])
         finally:
             close_all(idle)
         assert b'"Code" : "Success"' in document
-        assert took < SDK_TIMEOUT
         assert oldest_closed
         assert newest_open
         assert 900 <= evicted(server)
@@ -362,20 +367,16 @@ class TestConnectionCap:
         server = await imds_factory(max_connections=100)
         idle = await open_idle(server.url, 300)
         try:
-            began = time.monotonic()
             await sdk_fetch(server.url)
-            took = time.monotonic() - began
             held_back = evicted(server)
-            deadline = time.monotonic() + 10
-            while evicted(server) < 200 and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            oldest_closed = not await still_open(idle[0][0])
+            await until(lambda: evicted(server) >= 200, 10.0, "200 evictions")
+            # The evicted are these silent ones (the kernel hands them over in no set
+            # order, so not necessarily the first opened): 200 of them see the close.
+            await until(lambda: sum(reader.at_eof() for reader, _ in idle) >= 200, 5.0,
+                        "200 of the silent connections to be closed")
         finally:
             close_all(idle)
-        assert took < SDK_TIMEOUT
         assert 0 == held_back
-        assert 200 <= evicted(server)
-        assert oldest_closed
 
     async def test_trickling_clients_over_the_cap_do_not_delay_a_new_client(
         self, imds_factory: ServerFactory, many_files: None
@@ -385,12 +386,9 @@ class TestConnectionCap:
         for _, writer in slow:
             writer.write(b"GET /latest/meta-data/ HTTP/1.1\r\nX-Slow: a")
         try:
-            began = time.monotonic()
             await sdk_fetch(server.url)
-            took = time.monotonic() - began
         finally:
             close_all(slow)
-        assert took < SDK_TIMEOUT
 
     async def test_the_newcomer_is_never_the_one_closed(
         self, imds_factory: ServerFactory
