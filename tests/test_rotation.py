@@ -211,8 +211,8 @@ class TestRotationOverHttp:
         path = f"/latest/meta-data/iam/security-credentials/{ROLE}"
 
         async def poll(code: str, within: float) -> dict[str, str]:
-            # Waits on the server's clock, not a fixed sleep, so a slow machine only
-            # makes the test longer.
+            # Until the answer changes, not a fixed sleep: a slow machine only makes
+            # the test longer.
             deadline = time.monotonic() + within
             while True:
                 status, _, body = await fetch(http, server.url, path, token)
