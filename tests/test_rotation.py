@@ -44,6 +44,16 @@ class FlakySource:
         return await self.inner.fetch()
 
 
+async def run_for(rotator: Rotator, seconds: float) -> None:
+    """Run the rotator's background loop for `seconds`, then stop it."""
+    task = asyncio.create_task(rotator.run())
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 class TestEffectiveAhead:
     @pytest.mark.parametrize(
         "ahead, lifetime, expected",
@@ -134,12 +144,7 @@ class TestRotator:
         source = FlakySource(lifetime=1)
         rotator = Rotator(source, refresh_ahead=300, clock=time.time)
         await rotator.prime()
-        task = asyncio.create_task(rotator.run())
-        try:
-            await asyncio.sleep(2.5)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await run_for(rotator, 2.5)
         # Each set's expiry, and when the first fetch that brought it began.
         began: dict[float, float] = {}
         for event in rotator.history:
@@ -159,12 +164,7 @@ class TestRotator:
         rotator = Rotator(source, refresh_ahead=300, clock=lambda: time.time() + 3600,
                           backoff_base=0.1, backoff_cap=0.4)
         await rotator.prime()
-        task = asyncio.create_task(rotator.run())
-        try:
-            await asyncio.sleep(1.0)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await run_for(rotator, 1.0)
         # Retried with backoff (0.05-0.1 s, doubling to 0.2-0.4 s), not fetched in a loop.
         assert 3 <= source.calls <= 10
         assert rotator.valid(time.time() + 3600) is None
