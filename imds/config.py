@@ -222,6 +222,12 @@ class Option:
 
 # IAM role names: [\w+=,.@-]{1,64}.
 _ROLE_NAME = r"[\w+=,.@-]{1,64}"
+# RoleSessionName and SourceIdentity as STS checks them (AssumeRole API reference; \w is
+# ASCII there); ExternalId takes : and / too.
+_STS_NAME = _pattern(r"[\w+=,.@-]{2,64}", "2-64 characters of letters, digits and +=,.@_-",
+                     re.ASCII)
+_EXTERNAL_ID = _pattern(r"[\w+=,.@:/-]{2,1224}",
+                        "2-1224 characters of letters, digits and +=,.@:/_-", re.ASCII)
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", _text, "address to listen on", "ADDR"),
@@ -268,14 +274,9 @@ OPTIONS: tuple[Option, ...] = (
            "serve this role's real credentials, assumed through STS with your own AWS "
            "credentials; repeat to chain (assume the first, from it the second, …)",
            "ARN", repeated=True),
-    # Names and ids as STS checks them (AssumeRole API reference; \w is ASCII there).
-    Option("role_session_name",
-           _optional(_pattern(r"[\w+=,.@-]{2,64}",
-                              "2-64 characters of letters, digits and +=,.@_-", re.ASCII)),
+    Option("role_session_name", _optional(_STS_NAME),
            "RoleSessionName (default: imds-<your user name>)", "NAME"),
-    Option("external_id",
-           _optional(_pattern(r"[\w+=,.@:/-]{2,1224}",
-                              "2-1224 characters of letters, digits and +=,.@:/_-", re.ASCII)),
+    Option("external_id", _optional(_EXTERNAL_ID),
            "ExternalId for the last role's trust policy", "ID"),
     Option("duration", _int_range(sts.DURATION_MIN, sts.DURATION_MAX),
            "seconds each assumed-role session lasts (chained roles: at most 3600)", "SECONDS"),
@@ -286,9 +287,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("session_tag", sts.session_tag,
            "session tag KEY=VALUE on the served session; repeatable", "KEY=VALUE",
            repeated=True, pairs=True),
-    Option("source_identity",
-           _optional(_pattern(r"[\w+=,.@-]{2,64}",
-                              "2-64 characters of letters, digits and +=,.@_-", re.ASCII)),
+    Option("source_identity", _optional(_STS_NAME),
            "SourceIdentity set on the first AssumeRole (kept through the chain)", "NAME"),
     Option("profile", _text,
            "AWS profile whose credentials assume the role (default: the standard chain)",
