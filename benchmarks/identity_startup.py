@@ -20,8 +20,8 @@ from pathlib import Path
 import aiohttp
 
 from imds.config import load
-from imds.identity import load_or_create
-from imds.instance import identity_document, resolve
+from imds.instance.identity import load_or_create
+from imds.instance.simulated import identity_document, resolve
 from imds.server import start
 
 

@@ -23,14 +23,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from imds import app as app_module
 from imds.config import load
-from imds.faults import FaultSpec
-from imds.instance import build_tree, resolve
-from imds.lab import Lab
-from imds.rotation import Rotator
-from imds.sources import LocalSource
-from imds.tokens import TokenSigner
+from imds.creds.rotation import Rotator
+from imds.creds.sources import LocalSource
+from imds.ec2.tokens import TokenSigner
+from imds.http import app as app_module
+from imds.instance.simulated import build_tree, resolve
+from imds.lab.faults import FaultSpec
+from imds.lab.lab import Lab
 
 INSTANCE_ID = "/latest/meta-data/instance-id"
 CREDENTIALS = "/latest/meta-data/iam/security-credentials/imds-local-role"

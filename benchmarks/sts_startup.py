@@ -124,7 +124,7 @@ def main() -> None:
         print(f"  --role-arn (moto)  {summary(sts)}")
 
         os.environ.update(FAKE_BASE_KEYS)
-        from imds.sources.sts import AssumeRoleSettings, AssumeRoleSource
+        from imds.creds.sources.sts import AssumeRoleSettings, AssumeRoleSource
 
         source = AssumeRoleSource(AssumeRoleSettings(role_arns=(ROLE,), session_name="bench",
                                                      endpoint_url=sts_url))

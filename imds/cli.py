@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 0
 
     if args.command == "identity-cert":
-        from imds.identity import load_or_create
+        from imds.instance.identity import load_or_create
 
         try:
             signer = load_or_create(config.state_dir)

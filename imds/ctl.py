@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from imds.config import CONTROL_PORT
-from imds.control import TOKEN_FILE, URL_FILE
-from imds.faults import KINDS
-from imds.instance_settings import default_state_dir
+from imds.config.instance import default_state_dir
+from imds.lab.control import TOKEN_FILE, URL_FILE
+from imds.lab.faults import KINDS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

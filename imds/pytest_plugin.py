@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 if TYPE_CHECKING:
-    from imds.credentials import Credentials
-    from imds.faults import Fault
-    from imds.lab import Lab
+    from imds.creds.model import Credentials
+    from imds.lab.faults import Fault
+    from imds.lab.lab import Lab
     from imds.server import Running, ServerThread
 
 __all__ = ["FaultHandle", "ImdsServer", "ImdsServerFactory"]
@@ -164,7 +164,7 @@ class _Server:
         return _Fault(self, self.on_loop(self.lab.revoke))
 
     def fault(self, kind: str, **spec: Any) -> _Fault:
-        from imds.faults import FaultSpec
+        from imds.lab.faults import FaultSpec
 
         parsed = FaultSpec.parse({"kind": kind, **spec})
         return _Fault(self, self.on_loop(lambda: self.lab.add_fault(parsed)))

@@ -20,10 +20,17 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from imds import httpd, rolemap
-from imds.app import make_app
 from imds.config import Config
-from imds.control import (
+from imds.creds.rotation import Rotator
+from imds.creds.sources import CredentialSource, LocalSource
+from imds.ec2.tokens import TokenSigner
+from imds.errors import ConfigError, SourceError, StartupError
+from imds.http import aioserver as httpd
+from imds.http import rolemap
+from imds.http.app import make_app
+from imds.http.listen import endpoints, start_sites, urls
+from imds.instance.simulated import SimulatedInstance, resolve
+from imds.lab.control import (
     Control,
     load_or_create_token,
     new_token,
@@ -31,13 +38,7 @@ from imds.control import (
     start_control,
     write_url,
 )
-from imds.errors import ConfigError, SourceError, StartupError
-from imds.instance import SimulatedInstance, resolve
-from imds.lab import Lab
-from imds.listen import endpoints, start_sites, urls
-from imds.rotation import Rotator
-from imds.sources import CredentialSource, LocalSource
-from imds.tokens import TokenSigner
+from imds.lab.lab import Lab
 
 T = TypeVar("T")
 
@@ -47,7 +48,7 @@ def build_source(config: Config, clock: Callable[[], float]) -> CredentialSource
     if config.role_arn:
         # Imported only when asked for: it brings boto3, which the embedded default
         # never needs (startup there stays well under a second).
-        from imds.sources.sts import AssumeRoleSource
+        from imds.creds.sources.sts import AssumeRoleSource
 
         return AssumeRoleSource.from_config(config, clock)
     return LocalSource(config.role_name, config.account_id, config.credential_lifetime, clock)

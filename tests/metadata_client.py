@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from imds.protocol import TOKEN_HEADER, TTL_HEADER
+from imds.ec2.wire import TOKEN_HEADER, TTL_HEADER
 
 
 @dataclass

@@ -17,9 +17,9 @@ import socket
 
 import pytest
 
-from imds import acceptor
 from imds.errors import StartupError
-from imds.listen import Endpoint, start_sites
+from imds.http import acceptor
+from imds.http.listen import Endpoint, start_sites
 from imds.server import Running, start
 from tests.conftest import ServerFactory, make_config
 from tests.test_fastpath import (

@@ -10,11 +10,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from imds.control import TOKEN_FILE, load_or_create_token
-from imds.credentials import Credentials
+from imds.creds.model import Credentials
+from imds.creds.sources import LocalSource, RoleIdentity
 from imds.errors import StartupError
+from imds.lab.control import TOKEN_FILE, load_or_create_token
 from imds.server import Running, start
-from imds.sources import LocalSource, RoleIdentity
 from tests.conftest import ServerFactory, make_config
 from tests.labutil import CREDENTIALS, ControlAPI, get, token
 from tests.polling import until

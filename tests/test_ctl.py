@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imds.cli import main
-from imds.control import TOKEN_FILE, URL_FILE
+from imds.lab.control import TOKEN_FILE, URL_FILE
 from imds.server import Running
 from tests.processes import clean_env, run, run_imds
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from imds import metrics
-from imds.fastpath import KEPT_MAX
-from imds.faults import FaultSpec
-from imds.httpd import CappedServer
+from imds.http.aioserver import CappedServer
+from imds.http.fastpath import KEPT_MAX
+from imds.lab import metrics
+from imds.lab.faults import FaultSpec
 from imds.server import Running
 from tests.conftest import ServerFactory
 from tests.polling import just_after_a_second_turns

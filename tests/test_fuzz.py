@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from imds.ec2.tokens import TOKEN_LENGTH, TokenSigner
 from imds.server import Running, ServerThread
-from imds.tokens import TOKEN_LENGTH, TokenSigner
 from tests.conftest import make_config
 
 TTL = "X-aws-ec2-metadata-token-ttl-seconds"

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from imds.cli import EXIT_STARTUP, main
-from imds.identity import CERT_FILE, KEY_FILE, load_or_create
+from imds.instance.identity import CERT_FILE, KEY_FILE, load_or_create
 from imds.server import Running
 from tests.conftest import ServerFactory
 from tests.metadata_client import MetadataClient

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from imds.protocol import NOT_FOUND_BODY
+from imds.ec2.wire import NOT_FOUND_BODY
 from tests.conftest import ServerFactory
 from tests.metadata_client import MetadataClient
 

@@ -9,8 +9,8 @@ import pytest
 
 from imds.cli import EXIT_USAGE, main
 from imds.config import load
+from imds.config.instance import USER_DATA_MAX, InterfaceSpec, SpotAction, Tag
 from imds.errors import ConfigError
-from imds.instance_settings import USER_DATA_MAX, InterfaceSpec, SpotAction, Tag
 
 
 class TestRepeatableSettings:

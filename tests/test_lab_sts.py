@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from imds.sources.sts import AssumeRoleSettings, AssumeRoleSource
+from imds.creds.sources.sts import AssumeRoleSettings, AssumeRoleSource
 from tests.conftest import ServerFactory
 from tests.labutil import ControlAPI
 from tests.sts_support import BASE_KEY_ID, BASE_SECRET, StsProxy

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from imds import acceptor
+from imds.ec2.wire import BAD_REQUEST_BODY
 from imds.errors import ConfigError
-from imds.httpd import CappedServer
-from imds.protocol import BAD_REQUEST_BODY
+from imds.http import acceptor
+from imds.http.aioserver import CappedServer
 from imds.server import Running
 from tests import rawhttp
 from tests.conftest import ServerFactory, make_config

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from imds.config import load
 from imds.errors import ConfigError, StartupError
-from imds.hoplimit import limit_hops
-from imds.listen import Endpoint, parse_endpoint, start_sites
+from imds.http.hoplimit import limit_hops
+from imds.http.listen import Endpoint, parse_endpoint, start_sites
 from tests.conftest import ServerFactory
 
 TTL = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}

@@ -9,7 +9,7 @@ import re
 import aiohttp
 import pytest
 
-from imds.protocol import NOT_FOUND_BODY, VERSIONS
+from imds.ec2.wire import NOT_FOUND_BODY, VERSIONS
 from imds.server import Running
 from tests import rawhttp
 from tests.conftest import ServerFactory

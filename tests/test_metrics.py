@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from imds.metrics import path_label
+from imds.lab.metrics import path_label
 from tests.conftest import ServerFactory
 from tests.labutil import CREDENTIALS, ControlAPI, get, token
 
@@ -71,7 +71,7 @@ class TestMetrics:
         self, lab: ControlAPI, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Memory too: past the cap, new paths share one counter."""
-        monkeypatch.setattr("imds.lab.MAX_COUNTED_PATHS", 10)
+        monkeypatch.setattr("imds.lab.lab.MAX_COUNTED_PATHS", 10)
         for _ in range(30):
             await get(http, lab.running.url, f"/{secrets.token_hex(4)}")
         counted = lab.running.lab.requests  # type: ignore[union-attr]

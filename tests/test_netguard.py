@@ -6,8 +6,8 @@ import aiohttp
 import pytest
 
 from imds.config import load
+from imds.ec2.guard import Guard, host_name
 from imds.errors import ConfigError
-from imds.netguard import Guard, host_name
 from tests import rawhttp
 from tests.conftest import ServerFactory
 

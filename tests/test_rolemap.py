@@ -14,12 +14,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from imds import rolemap
-from imds.app import STATE
 from imds.cli import main
 from imds.config import load
+from imds.ec2.tree import lookup
 from imds.errors import ConfigError
-from imds.metadata import lookup
+from imds.http import rolemap
+from imds.http.app import STATE
 from imds.server import Running
 from tests.conftest import ServerFactory
 from tests.sts_support import BASE_KEY_ID, BASE_SECRET

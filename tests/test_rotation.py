@@ -11,10 +11,10 @@ from itertools import pairwise
 import aiohttp
 import pytest
 
-from imds.credentials import Credentials
+from imds.creds.model import Credentials
+from imds.creds.rotation import REFETCH_MIN, Rotator, effective_ahead
+from imds.creds.sources import LocalSource, RoleIdentity
 from imds.errors import SourceError
-from imds.rotation import REFETCH_MIN, Rotator, effective_ahead
-from imds.sources import LocalSource, RoleIdentity
 from tests.conftest import ServerFactory
 from tests.polling import until
 from tests.test_metadata_http import ROLE, fetch, get_token

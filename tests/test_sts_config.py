@@ -14,11 +14,11 @@ import pytest
 
 from imds import cli
 from imds.config import Config, load
+from imds.config.sts import sanitise_session_name
+from imds.creds.sources import LocalSource
+from imds.creds.sources.sts import AssumeRoleSettings, AssumeRoleSource
 from imds.errors import ConfigError
 from imds.server import build_source
-from imds.sources import LocalSource
-from imds.sources.sts import AssumeRoleSettings, AssumeRoleSource
-from imds.sts_settings import sanitise_session_name
 
 ROLE_A = "arn:aws:iam::111122223333:role/app"
 ROLE_B = "arn:aws:iam::444455556666:role/deploy/cross-account"

@@ -25,9 +25,9 @@ import boto3
 import pytest
 
 from imds.config import load
+from imds.creds.sources.sts import AssumeRoleSettings, AssumeRoleSource, trusts_ec2
 from imds.errors import PermanentSourceError, SourceError, StartupError
 from imds.server import Running, start
-from imds.sources.sts import AssumeRoleSettings, AssumeRoleSource, trusts_ec2
 from tests.conftest import ServerFactory, make_config
 from tests.polling import until
 from tests.sts_support import BASE_KEY_ID, BASE_SECRET, StsProxy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from imds.protocol import BAD_REQUEST_BODY, METHOD_NOT_ALLOWED_BODY
+from imds.ec2.wire import BAD_REQUEST_BODY, METHOD_NOT_ALLOWED_BODY
 from imds.server import Running
 from tests import rawhttp
 

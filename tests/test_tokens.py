@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from imds.tokens import _SEEN_MAX, TOKEN_LENGTH, InvalidTTL, TokenSigner, parse_ttl
+from imds.ec2.tokens import _SEEN_MAX, TOKEN_LENGTH, InvalidTTL, TokenSigner, parse_ttl
 
 
 class FakeClock:

@@ -7,9 +7,9 @@ import datetime as dt
 import secrets
 from collections.abc import Callable
 
-from imds.credentials import Credentials
-from imds.ids import access_key_id, instance_profile_id
-from imds.sources.base import RoleIdentity
+from imds.creds.model import Credentials
+from imds.creds.sources.base import RoleIdentity
+from imds.ec2.ids import access_key_id, instance_profile_id
 
 # Real STS session tokens are long base64 blobs; this one opens the way current ones do
 # ("IQoJb3JpZ2luX2Vj" is base64 of a protobuf-ish header) so log scrapers and size limits

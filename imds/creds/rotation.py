@@ -16,9 +16,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from imds.credentials import Rendered
+from imds.creds.model import Rendered
+from imds.creds.sources.base import CredentialSource
 from imds.errors import SourceError
-from imds.sources.base import CredentialSource
 
 log = logging.getLogger("imds.rotation")
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imds.creds.rotation import Rotator
+from imds.ec2.guard import IPNetwork, client_address
+from imds.ec2.tree import Directory
 from imds.errors import ConfigError, SourceError, StartupError
-from imds.metadata import Directory
-from imds.netguard import IPNetwork, client_address
-from imds.rotation import Rotator
 
 DEFAULT_ROLE = "default-role"
 NO_ROLE = "no-role"

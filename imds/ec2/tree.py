@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from imds.protocol import TEXT_PLAIN
+from imds.ec2.wire import TEXT_PLAIN
 
 Producer = Callable[[], bytes | None]
 

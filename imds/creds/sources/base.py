@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from imds.credentials import Credentials
+from imds.creds.model import Credentials
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,11 +43,11 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
-from imds import acceptor
-from imds import protocol as p
-from imds.app import STATE
 from imds.config import Config
-from imds.fastpath import FastPath, Wire
+from imds.ec2 import wire as p
+from imds.http import acceptor
+from imds.http.app import STATE
+from imds.http.fastpath import FastPath, Wire
 from imds.logs import log_access
 
 log = logging.getLogger("imds.httpd")

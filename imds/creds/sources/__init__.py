@@ -8,7 +8,7 @@ realistic keys offline, `AssumeRoleSource` gets real ones from STS.
 
 from __future__ import annotations
 
-from imds.sources.base import CredentialSource, RoleIdentity
-from imds.sources.local import LocalSource
+from imds.creds.sources.base import CredentialSource, RoleIdentity
+from imds.creds.sources.local import LocalSource
 
 __all__ = ["CredentialSource", "LocalSource", "RoleIdentity"]

@@ -13,9 +13,9 @@ import json
 from collections.abc import Iterable
 
 from imds.config import Config
-from imds.instance_settings import EVENT_DESCRIPTIONS, MaintenanceEvent
-from imds.network import stable_hex
-from imds.protocol import iso8601
+from imds.config.instance import EVENT_DESCRIPTIONS, MaintenanceEvent
+from imds.ec2.wire import iso8601
+from imds.instance.network import stable_hex
 
 # Defaults for maintenance events given without times: a week ahead (or behind, for
 # history), with a window like the AWS documentation's example.

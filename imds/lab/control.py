@@ -36,11 +36,11 @@ from typing import Any
 
 from aiohttp import web
 
-from imds import metrics
 from imds.config import Config
 from imds.errors import StartupError
-from imds.faults import FaultError, FaultSpec
-from imds.lab import Lab, LabError
+from imds.lab import metrics
+from imds.lab.faults import FaultError, FaultSpec
+from imds.lab.lab import Lab, LabError
 
 log = logging.getLogger("imds.control")
 
@@ -252,7 +252,7 @@ def make_control_app(lab: Lab, token: str) -> web.Application:
     app = web.Application(middlewares=[_auth])
     app[LAB] = lab
     app[TOKEN] = token
-    app[PAGE] = importlib.resources.files("imds").joinpath("timeline.html").read_bytes()
+    app[PAGE] = importlib.resources.files("imds.lab").joinpath("timeline.html").read_bytes()
     app.router.add_get("/", _page)
     app.router.add_get("/timeline", _page)
     app.router.add_get("/api/status", _status)

@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from aiohttp import web
 
-from imds import protocol as p
 from imds.config import Config
-from imds.hoplimit import SocketHolder, limit_hops
-from imds.metadata import Directory, Found, lookup
-from imds.netguard import Guard
-from imds.rolemap import Routes
-from imds.rotation import Rotator
-from imds.tokens import InvalidTTL, TokenSigner, parse_ttl
+from imds.creds.rotation import Rotator
+from imds.ec2 import wire as p
+from imds.ec2.guard import Guard
+from imds.ec2.tokens import InvalidTTL, TokenSigner, parse_ttl
+from imds.ec2.tree import Directory, Found, lookup
+from imds.http.hoplimit import SocketHolder, limit_hops
+from imds.http.rolemap import Routes
 
 if TYPE_CHECKING:
-    from imds.lab import Handler, Lab
+    from imds.lab.lab import Handler, Lab
 
 log = logging.getLogger("imds.app")
 

@@ -41,9 +41,9 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from imds import protocol as p
-from imds.credentials import Rendered, credential_document, unauthorized_document
-from imds.protocol import from_epoch
+from imds.creds.model import Rendered, credential_document, unauthorized_document
+from imds.ec2 import wire as p
+from imds.ec2.wire import from_epoch
 
 log = logging.getLogger("imds.faults")
 

@@ -29,13 +29,13 @@ import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, NamedTuple, cast
 
-from imds.app import Reply, State, answer
-from imds.hoplimit import SocketHolder
+from imds.ec2.tree import Found
+from imds.http.app import Reply, State, answer
+from imds.http.hoplimit import SocketHolder
 from imds.logs import ACCESS, log_access
-from imds.metadata import Found
 
 if TYPE_CHECKING:
-    from imds.httpd import CappedServer
+    from imds.http.aioserver import CappedServer
 
 # The request line and header fields the fast path answers; everything else goes to
 # aiohttp. The path takes the characters of role names ([\w+=,.@-], IAM) and of every

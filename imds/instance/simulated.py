@@ -16,21 +16,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imds.config import INSTANCE_ID_FILE, Config, saved_instance_id
-from imds.credentials import (
+from imds.config.instance import SpotAction
+from imds.creds.model import (
     Rendered,
     identity_info_document,
     info_document,
     unauthorized_document,
 )
-from imds.documents import events_document, identity_document, spot_action_document
+from imds.creds.rotation import Rotator, effective_ahead
+from imds.creds.sources.local import LocalSource
+from imds.ec2.tree import Directory, Leaf, leaf
+from imds.ec2.wire import OCTET_STREAM, VERSIONS, from_epoch, iso8601
 from imds.errors import StartupError
-from imds.identity import IdentitySigner, load_or_create, make_state_dir, write_once
-from imds.instance_settings import SpotAction
-from imds.metadata import Directory, Leaf, leaf
-from imds.network import Interface, interfaces, local_hostname, partition, stable_hex, zone_id
-from imds.protocol import OCTET_STREAM, VERSIONS, from_epoch, iso8601
-from imds.rotation import Rotator, effective_ahead
-from imds.sources.local import LocalSource
+from imds.instance.documents import events_document, identity_document, spot_action_document
+from imds.instance.identity import IdentitySigner, load_or_create, make_state_dir, write_once
+from imds.instance.network import (
+    Interface,
+    interfaces,
+    local_hostname,
+    partition,
+    stable_hex,
+    zone_id,
+)
 
 __all__ = ["SimulatedInstance", "build_tree", "credential_tree", "identity_document",
            "local_hostname", "resolve", "zone_id"]

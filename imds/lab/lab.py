@@ -19,12 +19,12 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from imds import protocol as p
-from imds.credentials import Credentials, Rendered, redact_key_id
+from imds.creds.model import Credentials, Rendered, redact_key_id
+from imds.creds.rotation import RotationEvent, Rotator, effective_ahead
+from imds.creds.sources.base import CredentialSource, RoleIdentity
+from imds.ec2 import wire as p
 from imds.errors import SourceError
-from imds.faults import Fault, Faults, FaultSpec, credential_path
-from imds.rotation import RotationEvent, Rotator, effective_ahead
-from imds.sources.base import CredentialSource, RoleIdentity
+from imds.lab.faults import Fault, Faults, FaultSpec, credential_path
 
 log = logging.getLogger("imds.lab")
 

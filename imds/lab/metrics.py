@@ -21,8 +21,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from imds.lab import Lab
-from imds.protocol import VERSIONS
+from imds.ec2.wire import VERSIONS
+from imds.lab.lab import Lab
 
 # [M-01] the categories of `meta-data/` real instances show; [D-01] those of `dynamic/`.
 _META = frozenset({

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from imds import __version__
-from imds import sts_settings as sts
-from imds.credentials import Credentials
+from imds.config import sts
+from imds.creds.model import Credentials
+from imds.creds.sources.base import RoleIdentity
+from imds.ec2.ids import instance_profile_id
 from imds.errors import PermanentSourceError, SourceError, StartupError
-from imds.ids import instance_profile_id
-from imds.sources.base import RoleIdentity
 
 if TYPE_CHECKING:
     from imds.config import Config

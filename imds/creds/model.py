@@ -11,7 +11,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 
-from imds.protocol import iso8601
+from imds.ec2.wire import iso8601
 
 
 def redact_key_id(key_id: str) -> str:

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from imds.fastpath import Adopted, FastPath, Wire
+from imds.http.fastpath import Adopted, FastPath, Wire
 
 if TYPE_CHECKING:
-    from imds.httpd import CappedServer
+    from imds.http.aioserver import CappedServer
 
 log = logging.getLogger("imds.httpd")
 

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
-from imds.protocol import TTL_MAX, TTL_MIN
+from imds.ec2.wire import TTL_MAX, TTL_MIN
 
 # Real tokens start `AQAEA` on current Nitro hosts [T-07]; these bytes give that prefix.
 _VERSION = b"\x01\x00\x04"
