@@ -28,7 +28,8 @@ TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN = "X-aws-ec2-metadata-token"
 ROLE = "imds-local-role"
 CREDENTIALS = f"/latest/meta-data/iam/security-credentials/{ROLE}"
-# [T-03] [T-11] [T-14] and 200: all EC2 ever answers here.
+# 200, 400 [T-03], 401, 403 [T-09] [T-12], 404, 405 [T-11] and
+# 417 [T-14]: all EC2 ever answers here.
 EC2_STATUSES = frozenset({200, 400, 401, 403, 404, 405, 417})
 B64URL = string.ascii_letters + string.digits + "-_"
 

@@ -1,7 +1,7 @@
 """
 EC2 wire details in one place: header names, limits, error bodies, the time format.
 
-Each constant cites its fact in ../shared/imds-spec.md (ids in brackets).
+Each constant cites its fact in docs/spec.md (ids in brackets).
 """
 
 from __future__ import annotations

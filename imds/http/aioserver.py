@@ -220,7 +220,7 @@ class CappedServer(Server):
     def __init__(self, base: Server, limits: Limits, max_connections: int,
                  wire: Wire | None = None) -> None:
         # aiohttp offers no hook for the protocol class, so the server the runner built is
-        # rebuilt from its own arguments (private, but tests/test_limits.py pins them).
+        # rebuilt from its own arguments (private: tests/test_aiohttp_private_api.py pins them).
         super().__init__(
             ec2_errors(base.request_handler),
             request_factory=base.request_factory,

@@ -327,7 +327,9 @@ class Lab:
         Change the lifetime of the next credentials and how far ahead of expiry the rotator
         replaces them; the schedule is reconsidered at once.
         """
-        # The bounds of --credential-lifetime and --refresh-ahead [T-02].
+        # The bounds of --credential-lifetime and --refresh-ahead (imds.config): a lifetime
+        # up to STS's longest session (imds.sts_settings.DURATION_MAX), a refresh at most
+        # six hours ahead.
         if lifetime is not None and not 1 <= lifetime <= 43200:
             raise LabError(f"lifetime: expected seconds in 1..43200, got {lifetime!r}")
         if refresh_ahead is not None and not 0 <= refresh_ahead <= 21600:

@@ -147,7 +147,8 @@ class AssumeRoleSource:
         self._role = RoleIdentity(
             name=name,
             account_id=account,
-            # [C-01] the console creates an instance profile with the role's name and path.
+            # `iam/info` shows the instance profile [C-01]; the console names it after the
+            # role, path included.
             instance_profile_arn=f"arn:{partition}:iam::{account}:instance-profile/{path}{name}",
             instance_profile_id=instance_profile_id(settings.role_arns[-1]),
             partition=partition,
