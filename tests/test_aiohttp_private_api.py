@@ -30,8 +30,8 @@ from aiohttp.web_server import Server
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from imds.acceptor import Listeners
-from imds.httpd import Limits
+from imds.http.acceptor import Listeners
+from imds.http.aioserver import Limits
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
@@ -210,39 +210,39 @@ def _change_server_logger(monkeypatch: pytest.MonkeyPatch) -> None:
 
 PRIVATE_APIS = [
     PrivateApi("aiohttp.web_protocol.RequestHandler._request_in_progress",
-               "imds/httpd.py Ec2RequestHandler.idle", _check_request_in_progress,
+               "imds/http/aioserver.py Ec2RequestHandler.idle", _check_request_in_progress,
                lambda mp: _wrap_init(mp, RequestHandler, "_request_in_progress")),
     PrivateApi("aiohttp.web_protocol.RequestHandler._messages",
-               "imds/httpd.py Ec2RequestHandler.idle", _check_messages,
+               "imds/http/aioserver.py Ec2RequestHandler.idle", _check_messages,
                lambda mp: _wrap_init(mp, RequestHandler, "_messages")),
     PrivateApi("aiohttp.web_server.Server._loop",
-               "imds/httpd.py CappedServer.__init__, .loop, .aiohttp_protocol",
+               "imds/http/aioserver.py CappedServer.__init__, .loop, .aiohttp_protocol",
                _check_server_loop, lambda mp: _wrap_init(mp, Server, "_loop")),
     PrivateApi("aiohttp.web_server.Server._kwargs (the RequestHandler arguments)",
-               "imds/httpd.py CappedServer.__init__, .aiohttp_protocol",
+               "imds/http/aioserver.py CappedServer.__init__, .aiohttp_protocol",
                _check_server_kwargs, lambda mp: _wrap_init(mp, Server, "_kwargs")),
     PrivateApi("aiohttp.web_server.Server(request_factory=, handler_cancellation=) and "
                "its request_handler, request_factory, handler_cancellation",
-               "imds/httpd.py CappedServer.__init__", _check_server_arguments,
+               "imds/http/aioserver.py CappedServer.__init__", _check_server_arguments,
                lambda mp: _wrap_init(mp, Server, "handler_cancellation")),
     PrivateApi("aiohttp.web_server.Server.connection_made(handler, transport), "
                "connection_lost(handler, exc), pre_shutdown()",
-               "imds/httpd.py CappedServer (overrides all three)", _check_server_hooks,
+               "imds/http/aioserver.py CappedServer (overrides all three)", _check_server_hooks,
                _change_server_hooks),
     PrivateApi("aiohttp.web_protocol.RequestHandler(manager, loop=, keepalive_timeout=, "
                "max_line_size=, max_field_size=, max_headers=, lingering_time=, "
                "tcp_keepalive=, access_log_class=)",
-               "imds/httpd.py Limits.handler_args, CappedServer.aiohttp_protocol",
+               "imds/http/aioserver.py Limits.handler_args, CappedServer.aiohttp_protocol",
                _check_handler_arguments, _remove_handler_argument),
     PrivateApi("aiohttp.web_protocol.RequestHandler.handle_error(request, status, exc, "
-               "message)", "imds/httpd.py Ec2RequestHandler.handle_error (override)",
+               "message)", "imds/http/aioserver.py Ec2RequestHandler.handle_error (override)",
                _check_handle_error, _change_handle_error),
     PrivateApi("aiohttp.web_runner.AppRunner._make_server()",
-               "imds/httpd.py Runner._make_server (override)", _check_make_server,
+               "imds/http/aioserver.py Runner._make_server (override)", _check_make_server,
                _remove_make_server),
     PrivateApi("aiohttp.web_runner.BaseSite._backlog and BaseSite._server (read by "
                "BaseRunner.addresses and BaseSite.stop)",
-               "imds/acceptor.py AcceptorSite.start", _check_site_internals,
+               "imds/http/acceptor.py AcceptorSite.start", _check_site_internals,
                lambda mp: _wrap_init(mp, BaseSite, "_backlog")),
     PrivateApi("the `aiohttp.server` logger as RequestHandler's default logger",
                "imds/logs.py configure (DropRequestEcho)", _check_server_logger,

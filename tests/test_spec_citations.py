@@ -131,8 +131,8 @@ class TestCitedFactsAreDefined:
         # One of each kind of place and form: a bracketed comment, one in parentheses, a
         # docstring, prose "spec X", a Markdown table cell, a Lua comment.
         assert {
-            ("imds/protocol.py", "T-02"),
-            ("imds/app.py", "S-PY-02"),
+            ("imds/ec2/wire.py", "T-02"),
+            ("imds/http/app.py", "S-PY-02"),
             ("tests/test_sdk.py", "S-PY-03"),
             ("README.md", "S-PY-08"),
             ("docs/rotation-lab.md", "S-GO-04"),
