@@ -24,15 +24,12 @@ from typing import Any
 
 from imds.config import CONTROL_PORT
 from imds.config.instance import default_state_dir
+from imds.errors import CtlError
 from imds.lab.control import TOKEN_FILE, URL_FILE
 from imds.lab.faults import KINDS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-
-
-class CtlError(Exception):
-    """Raised when the control API cannot be reached or refuses a request."""
 
 
 class ControlClient:

@@ -1,11 +1,16 @@
 """
-Exceptions raised by imds.
+Every exception imds raises on purpose, in one tree. Imports nothing of imds, so every layer
+may raise and catch them (README, "Where things are").
 
     ImdsError
-    ├── ConfigError          a setting is missing or malformed (names the key and value)
-    ├── StartupError         the server cannot start serving (exit code 3)
-    └── SourceError          a credential source could not produce credentials
-        └── PermanentSourceError   retrying will not help (AccessDenied, no base credentials)
+    ├── ConfigError      a setting is missing or malformed (names the key and value); exit 2
+    ├── StartupError     the server cannot start serving; exit 3
+    ├── SourceError      a credential source could not produce credentials; the rotator
+    │                    retries with backoff, whatever the cause
+    ├── InvalidTTL       a token request's TTL header is missing, malformed or out of range
+    ├── FaultError       a fault specification sent to the control API is invalid
+    ├── LabError         a rotation-lab action cannot be done; carries the control API's status
+    └── CtlError         `imds ctl` cannot reach the control API, or it refused; exit 1
 """
 
 from __future__ import annotations
@@ -24,8 +29,29 @@ class StartupError(ImdsError):
 
 
 class SourceError(ImdsError):
-    """Raised by a credential source when one fetch fails; the rotator retries it."""
+    """
+    Raised by a credential source when one fetch fails. The message says what to do
+    (AccessDenied names the trust policy, no base credentials names the chain). The rotator
+    retries every failure alike: a role's trust policy or the user's keys can be fixed while
+    the server runs, so no failure is treated as final.
+    """
 
 
-class PermanentSourceError(SourceError):
-    """Raised when a fetch failed in a way that retrying cannot fix (but the rotator still may)."""
+class InvalidTTL(ImdsError, ValueError):
+    """Raised when a TTL header is missing, not a plain integer, or out of range [T-03] [T-04]."""
+
+
+class FaultError(ImdsError, ValueError):
+    """Raised when a fault specification is invalid; the message names the field."""
+
+
+class LabError(ImdsError):
+    """Raised for an action that cannot be done; `status` is the control API's answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CtlError(ImdsError):
+    """Raised when the control API cannot be reached or refuses a request."""

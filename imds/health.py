@@ -16,9 +16,9 @@ import sys
 from collections.abc import Mapping
 
 from imds import config as cfg
+from imds.config.endpoints import endpoints
 from imds.ec2 import wire as p
 from imds.errors import ConfigError
-from imds.http.listen import endpoints
 
 # A wildcard listener is reached over loopback.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}

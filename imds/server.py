@@ -21,6 +21,9 @@ from typing import TypeVar
 from aiohttp import web
 
 from imds.config import Config
+from imds.config.endpoints import endpoints
+from imds.config.rolemap import DEFAULT_ROLE
+from imds.config.rolemap import read as read_role_map
 from imds.creds.rotation import Rotator
 from imds.creds.sources import CredentialSource, LocalSource
 from imds.ec2.tokens import TokenSigner
@@ -28,7 +31,7 @@ from imds.errors import ConfigError, SourceError, StartupError
 from imds.http import aioserver as httpd
 from imds.http import rolemap
 from imds.http.app import make_app
-from imds.http.listen import endpoints, start_sites, urls
+from imds.http.listen import start_sites, urls
 from imds.instance.simulated import SimulatedInstance, resolve
 from imds.lab.control import (
     Control,
@@ -103,7 +106,7 @@ async def start(
     if config.role_map:
         # Per-caller roles: one primed rotator and tree per role of the map (imds.rolemap).
         try:
-            role_map = rolemap.read(config.role_map)
+            role_map = read_role_map(config.role_map)
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
         routes = await rolemap.start_routes(
@@ -165,7 +168,7 @@ async def serve(config: Config) -> None:
         for network, name in running.routes.role_map.clients:
             print(f"imds: callers in {network} get role {name}", flush=True)
         unmapped = running.routes.role_map.unmapped
-        others = f"role {role.name}" if unmapped == rolemap.DEFAULT_ROLE else "no role"
+        others = f"role {role.name}" if unmapped == DEFAULT_ROLE else "no role"
         print(f"imds: other callers get {others}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

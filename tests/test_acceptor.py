@@ -17,9 +17,10 @@ import socket
 
 import pytest
 
+from imds.config.endpoints import Endpoint
 from imds.errors import StartupError
 from imds.http import acceptor
-from imds.http.listen import Endpoint, start_sites
+from imds.http.listen import start_sites
 from imds.server import Running, start
 from tests.conftest import ServerFactory, make_config
 from tests.test_fastpath import (

@@ -95,7 +95,7 @@ def comparable(response: bytes) -> bytes:
 def counts(running: Running) -> tuple[int, int, int]:
     lab = running.lab
     assert lab is not None
-    return lab.fast_answered, lab.fast_kept, lab.handed_over
+    return lab.fast_answered, lab.fast_kept, lab.handovers
 
 
 async def new_token(running: Running, ttl: int = 21600, *, local: str | None = None) -> str:

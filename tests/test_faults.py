@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from imds.lab.faults import FaultError, FaultSpec, credential_path
+from imds.errors import FaultError
+from imds.lab.faults import FaultSpec, credential_path
 from imds.server import Running
 from tests import rawhttp
 from tests.conftest import ServerFactory

@@ -14,9 +14,10 @@ import pytest
 from aiohttp import web
 
 from imds.config import load
+from imds.config.endpoints import Endpoint, parse_endpoint
 from imds.errors import ConfigError, StartupError
 from imds.http.hoplimit import limit_hops
-from imds.http.listen import Endpoint, parse_endpoint, start_sites
+from imds.http.listen import start_sites
 from tests.conftest import ServerFactory
 
 TTL = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}

@@ -15,10 +15,9 @@ import aiohttp
 import pytest
 
 from imds.cli import main
-from imds.config import load
+from imds.config import load, rolemap
 from imds.ec2.tree import lookup
 from imds.errors import ConfigError
-from imds.http import rolemap
 from imds.http.app import STATE
 from imds.server import Running
 from tests.conftest import ServerFactory

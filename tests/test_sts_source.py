@@ -26,7 +26,7 @@ import pytest
 
 from imds.config import load
 from imds.creds.sources.sts import AssumeRoleSettings, AssumeRoleSource, trusts_ec2
-from imds.errors import PermanentSourceError, SourceError, StartupError
+from imds.errors import SourceError, StartupError
 from imds.server import Running, start
 from tests.conftest import ServerFactory, make_config
 from tests.polling import until
@@ -377,11 +377,11 @@ class TestWhatReachesSts:
 
 class TestFailures:
     @pytest.mark.usefixtures("base_keys")
-    async def test_access_denied_is_permanent_and_explains_the_trust_policy(
+    async def test_access_denied_is_not_retried_and_explains_the_trust_policy(
         self, sts: StsProxy
     ) -> None:
         sts.fail("AssumeRole", 403, "AccessDenied", ACCESS_DENIED)
-        with pytest.raises(PermanentSourceError) as caught:
+        with pytest.raises(SourceError) as caught:
             await make_source(sts).fetch()
         message = str(caught.value)
         for needle in (ROLE_A, "AccessDenied", "not authorized", "trust policy must allow",
@@ -394,42 +394,40 @@ class TestFailures:
         self, sts: StsProxy
     ) -> None:
         sts.fail("AssumeRole", 403, "AccessDenied", "not authorized", RoleArn=ROLE_B)
-        with pytest.raises(PermanentSourceError,
+        with pytest.raises(SourceError,
                            match=f"sts:AssumeRole of {ROLE_B} with the session of {ROLE_A}"):
             await make_source(sts, ROLE_A, ROLE_B).fetch()
 
     @pytest.mark.usefixtures("base_keys")
     @pytest.mark.parametrize("status, code", [(400, "Throttling"), (503, "ServiceUnavailable")])
-    async def test_throttling_and_server_errors_are_transient_and_recoverable(
+    async def test_throttling_and_server_errors_are_recoverable(
         self, sts: StsProxy, status: int, code: str
     ) -> None:
         source = make_source(sts)
         sts.fail("AssumeRole", status, code, "Rate exceeded")
         with pytest.raises(SourceError) as caught:
             await source.fetch()
-        assert not isinstance(caught.value, PermanentSourceError)
         assert code in str(caught.value)
         sts.heal()
         assert (await source.fetch()).access_key_id.startswith("ASIA")
 
     @pytest.mark.usefixtures("base_keys")
-    async def test_unreachable_sts_is_transient_and_names_the_endpoint(
+    async def test_unreachable_sts_names_the_endpoint(
         self, sts: StsProxy
     ) -> None:
         source = make_source(sts)
         sts.down()
         with pytest.raises(SourceError) as caught:
             await source.fetch()
-        assert not isinstance(caught.value, PermanentSourceError)
         assert f"cannot reach STS at {sts.url}" in str(caught.value)
 
-    async def test_no_base_credentials_is_permanent_and_never_asks_instance_metadata(
+    async def test_no_base_credentials_is_explained_and_never_asks_instance_metadata(
         self, sts: StsProxy, moto_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         trap = StsProxy(moto_url).start()
         try:
             monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", trap.url)
-            with pytest.raises(PermanentSourceError, match="no AWS credentials were found"):
+            with pytest.raises(SourceError, match="no AWS credentials were found"):
                 await make_source(sts).fetch()
             assert [] == trap.calls()
             assert [] == sts.calls()
@@ -441,7 +439,7 @@ class TestFailures:
 
     @pytest.mark.usefixtures("base_keys")
     async def test_unknown_profile_is_permanent_and_named(self, sts: StsProxy) -> None:
-        with pytest.raises(PermanentSourceError, match="profile 'nope' is not defined"):
+        with pytest.raises(SourceError, match="profile 'nope' is not defined"):
             await make_source(sts, profile="nope").fetch()
 
     @pytest.mark.usefixtures("base_keys")

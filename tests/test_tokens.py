@@ -6,7 +6,8 @@ import base64
 
 import pytest
 
-from imds.ec2.tokens import _SEEN_MAX, TOKEN_LENGTH, InvalidTTL, TokenSigner, parse_ttl
+from imds.ec2.tokens import _SEEN_MAX, TOKEN_LENGTH, TokenSigner, parse_ttl
+from imds.errors import InvalidTTL
 
 
 class FakeClock:

@@ -19,11 +19,10 @@ from typing import Any
 
 from imds.config import instance as inst
 from imds.config import sts
+from imds.config.endpoints import Endpoint, parse_endpoint
 from imds.ec2.guard import parse_host_name, parse_network
-from imds.ec2.wire import TTL_MAX
+from imds.ec2.wire import HOP_LIMIT_MAX, HOP_LIMIT_MIN, TTL_MAX
 from imds.errors import ConfigError
-from imds.http.hoplimit import HOP_LIMIT_MAX, HOP_LIMIT_MIN
-from imds.http.listen import Endpoint, parse_endpoint
 
 ENV_PREFIX = "IMDS_"
 # Where the control API listens by default: next to the metadata service's 1338.
@@ -493,7 +492,7 @@ def finish(config: Config) -> Config:
         changes["control_port"] = 0 if config.port == 0 else CONTROL_PORT
     map_arns: tuple[str, ...] = ()
     if config.role_map:
-        from imds.http import rolemap
+        from imds.config import rolemap
 
         # A bad map is a usage error at load time, not later; its role ARNs use the STS
         # settings as --role-arn does.

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from imds.ec2.wire import TTL_MAX, TTL_MIN
+from imds.errors import InvalidTTL
 
 # Real tokens start `AQAEA` on current Nitro hosts [T-07]; these bytes give that prefix.
 _VERSION = b"\x01\x00\x04"
@@ -34,10 +35,6 @@ TOKEN_LENGTH = 56
 _SEEN_MAX = 4096
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
-
-
-class InvalidTTL(ValueError):
-    """Raised when a TTL header is missing, not a plain integer, or out of range [T-03] [T-04]."""
 
 
 def parse_ttl(raw: str | None) -> int:

@@ -103,3 +103,7 @@ def iso8601(when: dt.datetime) -> str:
 
 def from_epoch(seconds: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(int(seconds), dt.UTC)
+
+# [N-05] the token response's hop limit (HttpPutResponseHopLimit): valid 1..64.
+HOP_LIMIT_MIN = 1
+HOP_LIMIT_MAX = 64

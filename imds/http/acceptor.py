@@ -32,14 +32,11 @@ import errno
 import logging
 import socket
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from imds.http.fastpath import Adopted, FastPath, Wire
-
-if TYPE_CHECKING:
-    from imds.http.aioserver import CappedServer
+from imds.http.fastpath import Adopted, FastPath, Owner, Wire
 
 log = logging.getLogger("imds.httpd")
 
@@ -78,7 +75,7 @@ class _Socket:
 class Acceptor:
     """One listening socket, accepted from by hand (see the module's docstring)."""
 
-    def __init__(self, sock: socket.socket, server: CappedServer) -> None:
+    def __init__(self, sock: socket.socket, server: Owner) -> None:
         wire = server.wire
         assert wire is not None  # httpd.Runner.site makes acceptors only with the fast path
         self.sock = sock
@@ -235,7 +232,7 @@ class AcceptorSite(web.BaseSite):
 
     __slots__ = ("_capped", "_host", "_port")
 
-    def __init__(self, runner: web.BaseRunner, server: CappedServer, host: str, port: int,
+    def __init__(self, runner: web.BaseRunner, server: Owner, host: str, port: int,
                  *, backlog: int = 128) -> None:
         super().__init__(runner, backlog=backlog)
         self._capped = server

@@ -27,15 +27,16 @@ import logging
 import re
 import time
 from email.utils import formatdate
-from typing import TYPE_CHECKING, NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 
+from imds.ec2.answer import Reply, answer
 from imds.ec2.tree import Found
-from imds.http.app import Reply, State, answer
-from imds.http.hoplimit import SocketHolder
+from imds.http.app import State
+from imds.http.hoplimit import SocketHolder, limit_hops
 from imds.logs import ACCESS, log_access
 
 if TYPE_CHECKING:
-    from imds.http.aioserver import CappedServer
+    from imds.http.observer import Fetched
 
 # The request line and header fields the fast path answers; everything else goes to
 # aiohttp. The path takes the characters of role names ([\w+=,.@-], IAM) and of every
@@ -72,7 +73,7 @@ class Kept(NamedTuple):
     second: int
     close: bool
     path: str
-    fetched: tuple[str, str] | None
+    fetched: Fetched
 
 
 class Adopted(NamedTuple):
@@ -141,8 +142,7 @@ class Wire:
         if kept is None:
             return self._answer(data, remote, transport)
         if lab is not None:
-            lab.fast_kept += 1
-            lab.record(kept.path, 200, remote, kept.fetched)
+            lab.answered(kept.path, 200, remote, kept.fetched, True)
         if ACCESS.isEnabledFor(logging.DEBUG):
             log_access(remote, "GET", kept.path, 200, len(kept.found.body), 0.0)
         return kept.response, kept.close
@@ -179,15 +179,16 @@ class Wire:
         state = self.state
         method = match[1].decode("ascii")
         path = match[2].decode("ascii")
-        reply = answer(state, method, path, headers.get, remote, transport)
-        close = close or reply.close or state.config.connection_close
+        reply = answer(state.rules, method, path, headers.get, remote)
+        # [N-05] the hop limit stays on the socket, so its connection carries nothing more.
+        close = (close or reply.close or state.config.connection_close
+                 or (reply.hop_limit > 0 and limit_hops(transport, reply.hop_limit)))
         response = self.encode(reply, close)
         lab = state.lab
         fetched = None
         if lab is not None:
-            lab.fast_answered += 1
             fetched = lab.fetched(path, reply.status, reply.body)
-            lab.record(path, reply.status, remote, fetched)
+            lab.answered(path, reply.status, remote, fetched, False)
         if reply.found is not None and method == "GET":
             self.keep(data, Kept(remote, response, reply.found, reply.until, self.second,
                                  close, path, fetched))
@@ -205,10 +206,43 @@ class Wire:
     def recall(self, request: bytes, remote: str) -> Kept | None:
         """The kept answer to `request` from `remote`, if it is still the answer."""
         kept = self.kept.get(request)
-        if (kept is None or kept.remote != remote or self.state.clock() >= kept.until
+        if (kept is None or kept.remote != remote or self.state.rules.clock() >= kept.until
                 or int(time.time()) != kept.second or not kept.found.unchanged()):
             return None
         return kept
+
+
+class OwnerLimits(Protocol):
+    """The limits a fast-path connection keeps (imds.http.aioserver.Limits)."""
+
+    @property
+    def idle_timeout(self) -> float: ...
+
+    @property
+    def max_header_size(self) -> int: ...
+
+
+class Owner(Protocol):
+    """
+    What a fast-path connection, or the accept loop, needs of the server that owns it
+    (imds.http.aioserver.CappedServer): a protocol, so that the server may import this
+    module and not the other way round.
+    """
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def limits(self) -> OwnerLimits: ...
+
+    @property
+    def wire(self) -> Wire | None: ...
+
+    def track(self, connection: FastPath) -> None: ...
+
+    def untrack(self, connection: FastPath) -> None: ...
+
+    def hand_over(self, fast: FastPath, transport: asyncio.Transport, data: bytes) -> None: ...
 
 
 class FastPath(asyncio.Protocol):
@@ -225,7 +259,7 @@ class FastPath(asyncio.Protocol):
         "deadline",
     )
 
-    def __init__(self, server: CappedServer, wire: Wire, first: Adopted | None = None,
+    def __init__(self, server: Owner, wire: Wire, first: Adopted | None = None,
                  ) -> None:
         self._server = server
         self._wire = wire
@@ -329,5 +363,5 @@ class FastPath(asyncio.Protocol):
         if transport is not None:
             lab = self._wire.state.lab
             if lab is not None:
-                lab.handed_over += 1
+                lab.handed_over()
             self._server.hand_over(self, transport, data)

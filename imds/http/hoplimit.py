@@ -14,9 +14,6 @@ import contextlib
 import socket
 from typing import Any, Protocol
 
-HOP_LIMIT_MIN = 1
-HOP_LIMIT_MAX = 64  # [N-05] valid 1..64 (API-IMO)
-
 
 class SocketHolder(Protocol):
     """A transport, or anything else that can give its socket the way transports do."""

@@ -1,127 +1,25 @@
 """
-Per-container roles: the role each caller gets, chosen by its source address or network.
+Per-container roles at request time: each caller's tree, by its source address.
 
-One server stands in for the metadata service of several containers, and each container
-sees its own instance profile, as if each ran on its own instance. The map is read once at
-startup; every distinct role gets its own `Rotator` (its own source, its own rotation) and
-its own pre-built tree, so a request costs one dict lookup on the caller's address.
-
-The file (`--role-map FILE`, TOML):
-
-    # Callers no entry matches: "default-role" (the default) gives them the server's own
-    # role (--role-name / --role-arn); "no-role" answers them as EC2 answers on an instance
-    # without an instance profile: no `iam/` in the listing, 404 below it [C-05].
-    unmapped = "no-role"
-
-    [clients]
-    # An address or a CIDR network; the most specific match wins.
-    "10.89.0.10"   = "app-a"                                   # role name: minted locally
-    "10.89.1.0/24" = "arn:aws:iam::111122223333:role/batch"    # role ARN: sts:AssumeRole
+The map (imds.config.rolemap) is read once at startup; every distinct role gets its own
+`Rotator` (its own source, its own rotation) and its own pre-built tree, so a request costs
+one dict lookup on the caller's address.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import re
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from imds.config.rolemap import DEFAULT_ROLE, RoleMap, is_arn
 from imds.creds.rotation import Rotator
-from imds.ec2.guard import IPNetwork, client_address
 from imds.ec2.tree import Directory
 from imds.errors import ConfigError, SourceError, StartupError
 
-DEFAULT_ROLE = "default-role"
-NO_ROLE = "no-role"
-
-# IAM role names: [\w+=,.@-]{1,64}; role ARNs: arn:<partition>:iam::<account>:role/[path/]name.
-_ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
-_ROLE_ARN = re.compile(
-    r"arn:aws(?:-[a-z]+)*:iam::\d{12}:role/(?:[\x21-\x7e]+/)?[\w+=,.@-]{1,64}", re.ASCII
-)
+# Callers remembered by address before the cache starts over.
 _CACHE_LIMIT = 4096
-
-
-def is_arn(role: str) -> bool:
-    return role.startswith("arn:")
-
-
-def _role(value: Any, origin: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{origin}: expected a role name or role ARN, got {value!r}")
-    role = value.strip()
-    pattern = _ROLE_ARN if is_arn(role) else _ROLE_NAME
-    if not pattern.fullmatch(role):
-        raise ConfigError(f"{origin}: {value!r} is neither an IAM role name nor a role ARN "
-                          f"(arn:aws:iam::111122223333:role/name)")
-    return role
-
-
-@dataclass(frozen=True, slots=True)
-class RoleMap:
-    """Caller networks and their roles, most specific network first."""
-
-    clients: tuple[tuple[IPNetwork, str], ...]
-    unmapped: str = DEFAULT_ROLE
-
-    def roles(self) -> list[str]:
-        """The distinct roles, in file order."""
-        return list(dict.fromkeys(role for _, role in self.clients))
-
-    def role_for(self, remote: str | None) -> str | None:
-        """The role for a caller address, or None when no entry matches it."""
-        address = client_address(remote)
-        if address is None:
-            return None
-        for network, role in self.clients:
-            if address in network:
-                return role
-        return None
-
-
-def parse(data: Mapping[str, Any], origin: str) -> RoleMap:
-    """Check a role map's TOML content; every mistake is a ConfigError naming the entry."""
-    unknown = set(data) - {"clients", "unmapped"}
-    if unknown:
-        raise ConfigError(f"{origin}: unknown key(s) {', '.join(sorted(unknown))}; "
-                          f"expected [clients] and unmapped")
-    unmapped = data.get("unmapped", DEFAULT_ROLE)
-    if unmapped not in (DEFAULT_ROLE, NO_ROLE):
-        raise ConfigError(f"{origin}: unmapped must be {DEFAULT_ROLE!r} or {NO_ROLE!r}, "
-                          f"got {unmapped!r}")
-    clients = data.get("clients", {})
-    if not isinstance(clients, Mapping):
-        raise ConfigError(f"{origin}: [clients] must be a table of address = role")
-    entries: dict[IPNetwork, str] = {}
-    for key, value in clients.items():
-        where = f"{origin}, clients.{key!r}"
-        try:
-            network = ipaddress.ip_network(key.strip(), strict=False)
-        except ValueError:
-            raise ConfigError(f"{where}: expected an address or CIDR network") from None
-        if network in entries:
-            raise ConfigError(f"{where}: {network} is already mapped")
-        entries[network] = _role(value, where)
-    # Longest prefix first, as a router picks a route: a /32 inside a mapped /24 wins.
-    ordered = sorted(entries.items(), key=lambda item: item[0].prefixlen, reverse=True)
-    return RoleMap(clients=tuple(ordered), unmapped=unmapped)
-
-
-def read(path: str) -> RoleMap:
-    try:
-        with Path(path).open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"role map {path!r} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"role map {path!r}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"role map {path!r} is not valid TOML: {exc}") from None
-    return parse(data, f"role map {path!r}")
 
 
 def config_for_role(config: Any, role: str) -> Any:

@@ -37,10 +37,10 @@ from typing import Any
 from aiohttp import web
 
 from imds.config import Config
-from imds.errors import StartupError
+from imds.errors import FaultError, LabError, StartupError
 from imds.lab import metrics
-from imds.lab.faults import FaultError, FaultSpec
-from imds.lab.lab import Lab, LabError
+from imds.lab.faults import FaultSpec
+from imds.lab.lab import Lab
 
 log = logging.getLogger("imds.control")
 

@@ -44,6 +44,7 @@ from aiohttp import web
 from imds.creds.model import Rendered, credential_document, unauthorized_document
 from imds.ec2 import wire as p
 from imds.ec2.wire import from_epoch
+from imds.errors import FaultError
 
 log = logging.getLogger("imds.faults")
 
@@ -62,10 +63,6 @@ TOKEN_STATUSES = (403, 404, 405)
 MAX_DELAY = 300.0
 
 Respond = Callable[..., web.StreamResponse]
-
-
-class FaultError(ValueError):
-    """Raised when a fault specification is invalid; the message names the field."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,14 +23,14 @@ from imds.creds.model import Credentials, Rendered, redact_key_id
 from imds.creds.rotation import RotationEvent, Rotator, effective_ahead
 from imds.creds.sources.base import CredentialSource, RoleIdentity
 from imds.ec2 import wire as p
-from imds.errors import SourceError
+from imds.errors import LabError, SourceError
+from imds.http.observer import Handler, Respond
 from imds.lab.faults import Fault, Faults, FaultSpec, credential_path
 
 log = logging.getLogger("imds.lab")
 
 _new_tuple = tuple.__new__
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Distinct (path, status) pairs counted before new paths share one bucket: a client
 # walking random paths must not grow memory (labels are normalised at scrape time).
@@ -40,14 +40,6 @@ OVERFLOW_PATH = "/…"
 FETCH_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _KEY_FIELD = b'"AccessKeyId" : "'
 _CREDENTIALS_PATH = "/meta-data/iam/security-credentials"
-
-
-class LabError(Exception):
-    """Raised for an action that cannot be done; `status` is the control API's answer."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class ClientFetch(NamedTuple):
@@ -157,7 +149,7 @@ class Lab:
         # sent again as kept, or handed to aiohttp (odd requests, faults injected).
         self.fast_answered = 0
         self.fast_kept = 0
-        self.handed_over = 0
+        self.handovers = 0
         self.rotations_ok = 0
         self.rotations_failed = 0
         self.fetch_errors = 0
@@ -186,7 +178,7 @@ class Lab:
 
         rotator.listeners.append(on_rotation)
 
-    def wrap(self, handle: Handler, respond: Callable[..., web.StreamResponse]) -> Handler:
+    def wrap(self, handle: Handler, respond: Respond) -> Handler:
         """The metadata handler with faults around it and one count per answer."""
         faults = self.faults
         observe = self.observe
@@ -229,6 +221,19 @@ class Lab:
         if target is None:
             return None
         return target.role, key_in(body)
+
+    def answered(self, path: str, status: int, client: str,
+                 fetched: tuple[str, str] | None, kept: bool) -> None:
+        """One answer the fast path sent (imds.http.observer.Observer.answered)."""
+        if kept:
+            self.fast_kept += 1
+        else:
+            self.fast_answered += 1
+        self.record(path, status, client, fetched)
+
+    def handed_over(self) -> None:
+        """A fast-path connection went to aiohttp (imds.http.observer.Observer)."""
+        self.handovers += 1
 
     def record(self, path: str, status: int, client: str,
                fetched: tuple[str, str] | None, applied: str = "") -> None:

@@ -108,7 +108,7 @@ class LabCollector:
             labels=["outcome"])
         paths.add_metric(["answered"], lab.fast_answered)
         paths.add_metric(["kept"], lab.fast_kept)
-        paths.add_metric(["handed_over"], lab.handed_over)
+        paths.add_metric(["handed_over"], lab.handovers)
         yield paths
 
         rotations = CounterMetricFamily(

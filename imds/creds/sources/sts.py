@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import fnmatch
+import importlib.metadata
 import json
 import logging
 import threading
@@ -25,12 +26,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from imds import __version__
 from imds.config import sts
 from imds.creds.model import Credentials
 from imds.creds.sources.base import RoleIdentity
 from imds.ec2.ids import instance_profile_id
-from imds.errors import PermanentSourceError, SourceError, StartupError
+from imds.errors import SourceError, StartupError
 
 if TYPE_CHECKING:
     from imds.config import Config
@@ -62,6 +62,15 @@ NO_CREDENTIALS = (
     "not consulted, since that would be this service itself. Run `aws sts "
     "get-caller-identity` in the same shell to check what boto3 will find."
 )
+
+
+def _version() -> str:
+    # From the installed distribution, not `imds.__version__`: the package root re-exports
+    # the server, which a credential source must not import (README, "Where things are").
+    try:
+        return importlib.metadata.version("imds")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +240,7 @@ class AssumeRoleSource:
             "read_timeout": 15,
             "retries": {"mode": "standard", "total_max_attempts": 3},
             # CloudTrail's userAgent then says who called.
-            "user_agent_extra": f"imds/{__version__}",
+            "user_agent_extra": f"imds/{_version()}",
         }
         options.update(self._client_options)
         options.update(overrides)
@@ -328,21 +337,21 @@ class AssumeRoleSource:
                   else "with your base credentials")
         profile = f" --profile {self.settings.profile}" if self.settings.profile else ""
         if isinstance(exc, bce.NoCredentialsError):
-            return PermanentSourceError(NO_CREDENTIALS)
+            return SourceError(NO_CREDENTIALS)
         if isinstance(exc, bce.ProfileNotFound):
-            return PermanentSourceError(
+            return SourceError(
                 f"the AWS profile {self.settings.profile or exc.kwargs.get('profile')!r} is "
                 "not defined in the AWS config or credentials file (AWS_CONFIG_FILE, "
                 "AWS_SHARED_CREDENTIALS_FILE, ~/.aws/); check --profile and AWS_PROFILE, or "
                 "`aws configure list-profiles`"
             )
         if isinstance(exc, bce.SSOError | bce.TokenRetrievalError):
-            return PermanentSourceError(
+            return SourceError(
                 f"your base credentials come from AWS SSO and its session is missing or "
                 f"expired ({exc}); run `aws sso login{profile}`, then imds picks it up by itself"
             )
         if isinstance(exc, bce.PartialCredentialsError | bce.InvalidConfigError):
-            return PermanentSourceError(f"the AWS credentials configuration is incomplete: {exc}")
+            return SourceError(f"the AWS credentials configuration is incomplete: {exc}")
         if isinstance(exc, bce.CredentialRetrievalError):
             return SourceError(f"could not get your base credentials: {exc}")
         if isinstance(exc, bce.EndpointConnectionError | bce.HTTPClientError
@@ -352,13 +361,13 @@ class AssumeRoleSource:
                 f"HTTPS_PROXY), --region {self.settings.region}, or --sts-endpoint-url"
             )
         if isinstance(exc, bce.ParamValidationError):
-            return PermanentSourceError(f"STS parameters rejected before sending: {exc}")
+            return SourceError(f"STS parameters rejected before sending: {exc}")
         if isinstance(exc, bce.ClientError):
             return self._translate_client_error(exc, arn, caller, profile)
         if isinstance(exc, bce.BotoCoreError):
             return SourceError(f"sts:AssumeRole of {arn} failed: {exc}")
         if isinstance(exc, ImportError):
-            return PermanentSourceError(f"boto3 is needed for --role-arn: {exc}")
+            return SourceError(f"boto3 is needed for --role-arn: {exc}")
         return SourceError(f"sts:AssumeRole of {arn} failed: {type(exc).__name__}: {exc}")
 
     def _translate_client_error(
@@ -378,7 +387,7 @@ class AssumeRoleSource:
             if self.settings.source_identity:
                 hints.append("a source identity also needs sts:SetSourceIdentity there")
             extra = f" ({'; '.join(hints)})" if hints else ""
-            return PermanentSourceError(
+            return SourceError(
                 f"STS denied sts:AssumeRole of {arn} {caller} ({said}). The role's trust "
                 f"policy must allow this caller as a principal, and the caller's own "
                 f"policies must allow sts:AssumeRole on the role{extra}. For the role to "
@@ -386,36 +395,36 @@ class AssumeRoleSource:
                 f"allow the service principal ec2.amazonaws.com (--check-trust reports it)."
             )
         if code in _BAD_BASE_CODES:
-            return PermanentSourceError(
+            return SourceError(
                 f"STS does not accept the credentials used {caller} ({said}): they are "
                 f"wrong, deactivated or for another partition; check `aws sts "
                 f"get-caller-identity{profile}`"
             )
         if code in _EXPIRED_CODES:
-            return PermanentSourceError(
+            return SourceError(
                 f"the credentials used {caller} have expired ({said}); refresh them (for "
                 f"SSO: `aws sso login{profile}`)"
             )
         if code == "RegionDisabledException":
-            return PermanentSourceError(
+            return SourceError(
                 f"STS is not activated in region {self.settings.region} ({said}); activate "
                 f"it in the IAM account settings or choose another --region"
             )
         if code == "ValidationError" and "DurationSeconds" in message:
-            return PermanentSourceError(
+            return SourceError(
                 f"STS refused the session duration for {arn} ({said}). --duration may not "
                 f"exceed the role's MaxSessionDuration, and sessions assumed with role "
                 f"credentials (chains, or a profile that is itself a role) at most 3600"
             )
         if code in ("MalformedPolicyDocument", "MalformedPolicyDocumentException",
                     "PackedPolicyTooLarge", "PackedPolicyTooLargeException"):
-            return PermanentSourceError(
+            return SourceError(
                 f"STS rejected the session policy or tags for {arn} ({said}); check "
                 f"--policy-file, --policy-arn and --session-tag"
             )
         if code in _TRANSIENT_CODES or status >= 500:
             return SourceError(f"STS could not serve sts:AssumeRole of {arn} now ({said})")
-        return PermanentSourceError(f"STS refused sts:AssumeRole of {arn} {caller} ({said})")
+        return SourceError(f"STS refused sts:AssumeRole of {arn} {caller} ({said})")
 
     # ------------------------------------------------------------------ --check-trust
 
