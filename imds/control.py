@@ -41,6 +41,7 @@ from imds.config import Config
 from imds.errors import StartupError
 from imds.faults import FaultError, FaultSpec
 from imds.lab import Lab, LabError
+from imds.logs import printable
 
 log = logging.getLogger("imds.control")
 
@@ -136,8 +137,9 @@ async def _auth(
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         token.strip().encode(), expected.encode()
     ):
-        log.warning("control: refused %s %s from %s (%s token)", request.method,
-                    request.path, request.remote, "wrong" if given else "no")
+        # The path is decoded (`%0A` is a newline) and chosen by a client holding no token.
+        log.warning("control: refused %s %s from %s (%s token)", printable(request.method),
+                    printable(request.path), request.remote, "wrong" if given else "no")
         response = _error("a bearer token is required (imds ctl reads it from the state "
                           "directory)", 401)
         response.headers["WWW-Authenticate"] = 'Bearer realm="imds"'

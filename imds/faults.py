@@ -43,6 +43,7 @@ from aiohttp import web
 
 from imds import protocol as p
 from imds.credentials import Rendered, credential_document, unauthorized_document
+from imds.logs import printable
 from imds.protocol import from_epoch
 
 log = logging.getLogger("imds.faults")
@@ -239,7 +240,8 @@ class Fault:
         if spec.mode is not None:
             parts.append(spec.mode)
         if spec.paths:
-            parts.append("on " + ",".join(spec.paths))
+            # Logged when the fault is added: the paths are the control client's text.
+            parts.append("on " + printable(",".join(spec.paths)))
         if self.bound is not None:
             parts.append(f"for key {self.bound[1].credentials.key_hint}")
         if spec.count is not None:

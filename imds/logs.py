@@ -1,4 +1,12 @@
-"""Log setup: one line per event, as text or JSON, never a secret."""
+"""
+Log setup: one line per event, as text or JSON, never a secret.
+
+A client chooses some of what is logged (a path, a fault's paths, the bytes of a request
+it refused), so no formatted line may contain a character that ends or rewrites a line:
+`printable` escapes them, each formatter applies it to the whole event, and call sites
+that interpolate client text apply it too, for hosts that format records their own way
+(the pytest plugin runs imds in-process).
+"""
 
 from __future__ import annotations
 
@@ -14,25 +22,62 @@ ACCESS = logging.getLogger("aiohttp.access")
 _TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_-]{54}==")
 
 
+# repr's escapes for the characters that end or rewrite a line on a terminal.
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """
+    `text` with every character str.isprintable() refuses (C0 and C1 controls, DEL, line
+    and paragraph separators, lone surrogates, format characters) written as a repr-style
+    escape (`\\n`, `\\x1b`, `\\u2028`), so it is always part of one line. Other text,
+    non-ASCII letters included, is returned as it is.
+    """
+    if text.isprintable():  # the common case: one C call, no copy
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def log_access(remote: str, method: str, raw_path: str, status: int, length: int,
                seconds: float) -> None:
     """
     One debug line per request; never a header (the token lives in one), and a token
-    pasted into a path by mistake is blanked. `raw_path` is percent-encoded, so a hostile
-    path cannot forge log lines.
+    pasted into a path by mistake is blanked. `raw_path` is percent-encoded and the parsers
+    refuse control characters in it; `printable` holds even if one let some through.
     """
-    ACCESS.debug('%s "%s %s" %s %s %.6f', remote, method,
-                 _TOKEN_SHAPED.sub("(token)", raw_path), status, length, seconds)
+    ACCESS.debug('%s "%s %s" %s %s %.6f', remote, printable(method),
+                 printable(_TOKEN_SHAPED.sub("(token)", raw_path)), status, length, seconds)
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, the whole event on one line (a traceback included)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        # json.dumps escapes control characters anyway; the message is escaped as in the
+        # text format, so a consumer printing it (`jq -r .message`) prints one line too.
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": printable(record.getMessage()),
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -62,7 +107,7 @@ def configure(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -71,3 +116,4 @@ def configure(level: str, fmt: str) -> None:
     # when imds itself is debugging, so no log line ever carries a credential.
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+
