@@ -35,19 +35,22 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 
 from imds import metrics
 from imds.config import Config
 from imds.errors import StartupError
 from imds.faults import FaultError, FaultSpec
 from imds.lab import Lab, LabError
-from imds.logs import printable
+from imds.logs import Throttle, printable
 
 log = logging.getLogger("imds.control")
 
 LAB = web.AppKey("lab", Lab)
 TOKEN = web.AppKey("token", str)
 PAGE = web.AppKey("page", bytes)
+# Refused calls and unparseable requests: anyone who can reach the port can send them.
+REFUSALS = web.AppKey("refusals", Throttle)
 
 TOKEN_FILE = "control-token"
 URL_FILE = "control-url"
@@ -138,8 +141,10 @@ async def _auth(
         token.strip().encode(), expected.encode()
     ):
         # The path is decoded (`%0A` is a newline) and chosen by a client holding no token.
-        log.warning("control: refused %s %s from %s (%s token)", printable(request.method),
-                    printable(request.path), request.remote, "wrong" if given else "no")
+        remote = request.remote or "?"
+        request.app[REFUSALS](remote, "control: refused %s %s from %s (%s token)",
+                              printable(request.method), printable(request.path), remote,
+                              "wrong" if given else "no")
         response = _error("a bearer token is required (imds ctl reads it from the state "
                           "directory)", 401)
         response.headers["WWW-Authenticate"] = 'Bearer realm="imds"'
@@ -250,10 +255,38 @@ async def _metrics(request: web.Request) -> web.Response:
     return response
 
 
+class _ProtocolLog(logging.LoggerAdapter[logging.Logger]):
+    """
+    What aiohttp's protocol logs on the control listener (`logger=`): a request it cannot
+    parse is the client's doing and, like a refused call, costs a line per source and
+    interval (an error line each otherwise); anything else goes to `aiohttp.server`.
+    """
+
+    def __init__(self, refusals: Throttle) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._refusals = refusals
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            # aiohttp's message is "Error handling request from %s", request.remote.
+            remote = str(args[0]) if args else "?"
+            self._refusals(remote, "control: refused a malformed request from %s (%s)",
+                           remote, type(exc).__name__)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
 def make_control_app(lab: Lab, token: str) -> web.Application:
     app = web.Application(middlewares=[_auth])
     app[LAB] = lab
     app[TOKEN] = token
+    refusals = app[REFUSALS] = Throttle(log, "refused control requests")
+
+    async def close_refusals(_: web.Application) -> None:
+        refusals.close()
+
+    app.on_cleanup.append(close_refusals)
     app[PAGE] = importlib.resources.files("imds").joinpath("timeline.html").read_bytes()
     app.router.add_get("/", _page)
     app.router.add_get("/timeline", _page)
@@ -285,8 +318,9 @@ class Control:
 async def start_control(config: Config, lab: Lab, token: str) -> Control:
     """Bind the control listener; a busy port is a startup error, like the metadata one."""
     # Polled every second by the timeline page: no access log (it would drown the rest).
-    runner = web.AppRunner(make_control_app(lab, token), access_log=None,
-                           handle_signals=False)
+    app = make_control_app(lab, token)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           logger=_ProtocolLog(app[REFUSALS]))
     await runner.setup()
     site = web.TCPSite(runner, config.control_host, config.control_port, reuse_address=True)
     try:

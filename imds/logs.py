@@ -5,11 +5,13 @@ A client chooses some of what is logged (a path, a fault's paths, the bytes of a
 it refused), so no formatted line may contain a character that ends or rewrites a line:
 `printable` escapes them, each formatter applies it to the whole event, and call sites
 that interpolate client text apply it too, for hosts that format records their own way
-(the pytest plugin runs imds in-process).
+(the pytest plugin runs imds in-process). `Throttle` bounds how many lines an
+unauthenticated client can make the server write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -117,3 +119,71 @@ def configure(level: str, fmt: str) -> None:
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
+
+class Throttle:
+    """
+    At most a line or two per source and interval for events an unauthenticated client can
+    repeat at will (refused control calls): the first from a source is logged in full,
+    later ones are counted and reported as one summary line at the end of the interval
+    ("N more … from ADDR in the last 60 s"). A source quiet for a whole interval is
+    forgotten, so its next event is logged in full again. The table is capped: past
+    `max_sources` addresses, new ones share one count, so memory stays bounded whatever
+    the number of addresses. Runs on the event loop; no lock.
+    """
+
+    def __init__(self, logger: logging.Logger, what: str, *, interval: float = 60.0,
+                 max_sources: int = 256) -> None:
+        self._log = logger
+        self._what = what
+        self.interval = interval
+        self.max_sources = max_sources
+        # source -> events not logged since the last summary
+        self.counts: dict[str, int] = {}
+        self.overflow = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self, source: str, msg: str, *args: object) -> None:
+        """Log `msg % args` at warning unless `source` was logged this interval: count it."""
+        counts = self.counts
+        known = counts.get(source)
+        if known is not None:
+            counts[source] = known + 1
+        elif len(counts) >= self.max_sources:
+            self.overflow += 1
+        else:
+            counts[source] = 0
+            self._log.warning(msg, *args)
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # called off the loop: summaries wait for flush()
+                return
+            self._timer = loop.call_later(self.interval, self._tick)
+
+    def flush(self) -> None:
+        """Write the summaries of the interval that ends now and forget quiet sources."""
+        shown = f"{self.interval:g} s"
+        for source, count in list(self.counts.items()):
+            if count:
+                self._log.warning("%d more %s from %s in the last %s", count, self._what,
+                                  printable(source), shown)
+                self.counts[source] = 0
+            else:
+                del self.counts[source]
+        if self.overflow:
+            self._log.warning("%d more %s from other addresses in the last %s",
+                              self.overflow, self._what, shown)
+            self.overflow = 0
+
+    def close(self) -> None:
+        """Stop the timer, writing what is still counted."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.flush()
+        if self.counts:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
