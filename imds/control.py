@@ -27,6 +27,7 @@ import hmac
 import importlib.resources
 import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -155,11 +156,48 @@ async def _auth(
         return _error(str(exc), exc.status)
 
 
+class _NotFinite:
+    """
+    A number no field can hold, as the client wrote it: `Infinity`, `-Infinity`, `NaN`
+    (Python's extensions to JSON) or one beyond a float's range (`1e400`).
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _float(text: str) -> float | _NotFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NotFinite(text)
+
+
+def _fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's fields, refusing a non-finite number in one by the field's name."""
+    for key, value in pairs:
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, _NotFinite):
+                raise LabError(f"{key}: {item.text} is not a finite number")
+    return dict(pairs)
+
+
+def parse_json(text: str) -> Any:
+    """
+    JSON as RFC 8259 has it: json.loads alone takes `Infinity` and `NaN` and reads `1e400`
+    as infinity, which no field accepts and `int()` cannot convert (OverflowError, a 500).
+    Any such number left where `_fields` does not look (nested deeper) is a `_NotFinite`,
+    which every field's type check refuses.
+    """
+    return json.loads(text, parse_constant=_NotFinite, parse_float=_float,
+                      object_pairs_hook=_fields)
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        data = await request.json()
+        data = await request.json(loads=parse_json)
     except ValueError:
         raise LabError("the body is not JSON") from None
     if not isinstance(data, dict):

@@ -143,8 +143,11 @@ def _number(data: Mapping[str, Any], key: str, kind: type, low: float, high: flo
         raise FaultError(f"{key}: expected a number, got {value!r}")
     try:
         number = kind(value)
-    except ValueError:
+    except OverflowError:  # int(inf): the control API reads 1e400 as infinity
+        raise FaultError(f"{key}: expected a finite number, got {value!r}") from None
+    except ValueError:  # int(nan), a string that is no number
         raise FaultError(f"{key}: expected a number, got {value!r}") from None
+    # NaN compares false with everything, so it fails this test too.
     if not low <= number <= high:
         raise FaultError(f"{key}: expected {low:g}..{high:g}, got {value!r}")
     return number
