@@ -15,10 +15,16 @@ class RawResponse:
     body: bytes
 
 
-async def send(url: str, request: bytes, timeout: float = 5.0) -> RawResponse | None:
-    """Send `request` verbatim to the server at `url`; None if it closed without answering."""
+async def send(url: str, request: bytes, timeout: float = 5.0,
+               source: str | None = None) -> RawResponse | None:
+    """
+    Send `request` verbatim to the server at `url`, from the loopback address `source` if
+    given; None if it closed without answering.
+    """
     parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    local = (source, 0) if source is not None else None
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port,
+                                                   local_addr=local)
     try:
         writer.write(request)
         await writer.drain()

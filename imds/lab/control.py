@@ -27,6 +27,7 @@ import hmac
 import importlib.resources
 import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -35,18 +36,22 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 
 from imds.config import Config
 from imds.errors import FaultError, LabError, StartupError
 from imds.lab import metrics
 from imds.lab.faults import FaultSpec
 from imds.lab.lab import Lab
+from imds.logs import Throttle, printable
 
 log = logging.getLogger("imds.control")
 
 LAB = web.AppKey("lab", Lab)
 TOKEN = web.AppKey("token", str)
 PAGE = web.AppKey("page", bytes)
+# Refused calls and unparseable requests: anyone who can reach the port can send them.
+REFUSALS = web.AppKey("refusals", Throttle)
 
 TOKEN_FILE = "control-token"
 URL_FILE = "control-url"
@@ -136,8 +141,11 @@ async def _auth(
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         token.strip().encode(), expected.encode()
     ):
-        log.warning("control: refused %s %s from %s (%s token)", request.method,
-                    request.path, request.remote, "wrong" if given else "no")
+        # The path is decoded (`%0A` is a newline) and chosen by a client holding no token.
+        remote = request.remote or "?"
+        request.app[REFUSALS](remote, "control: refused %s %s from %s (%s token)",
+                              printable(request.method), printable(request.path), remote,
+                              "wrong" if given else "no")
         response = _error("a bearer token is required (imds ctl reads it from the state "
                           "directory)", 401)
         response.headers["WWW-Authenticate"] = 'Bearer realm="imds"'
@@ -148,11 +156,48 @@ async def _auth(
         return _error(str(exc), exc.status)
 
 
+class _NotFinite:
+    """
+    A number no field can hold, as the client wrote it: `Infinity`, `-Infinity`, `NaN`
+    (Python's extensions to JSON) or one beyond a float's range (`1e400`).
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _float(text: str) -> float | _NotFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NotFinite(text)
+
+
+def _fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's fields, refusing a non-finite number in one by the field's name."""
+    for key, value in pairs:
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, _NotFinite):
+                raise LabError(f"{key}: {item.text} is not a finite number")
+    return dict(pairs)
+
+
+def parse_json(text: str) -> Any:
+    """
+    JSON as RFC 8259 has it: json.loads alone takes `Infinity` and `NaN` and reads `1e400`
+    as infinity, which no field accepts and `int()` cannot convert (OverflowError, a 500).
+    Any such number left where `_fields` does not look (nested deeper) is a `_NotFinite`,
+    which every field's type check refuses.
+    """
+    return json.loads(text, parse_constant=_NotFinite, parse_float=_float,
+                      object_pairs_hook=_fields)
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        data = await request.json()
+        data = await request.json(loads=parse_json)
     except ValueError:
         raise LabError("the body is not JSON") from None
     if not isinstance(data, dict):
@@ -248,10 +293,38 @@ async def _metrics(request: web.Request) -> web.Response:
     return response
 
 
+class _ProtocolLog(logging.LoggerAdapter[logging.Logger]):
+    """
+    What aiohttp's protocol logs on the control listener (`logger=`): a request it cannot
+    parse is the client's doing and, like a refused call, costs a line per source and
+    interval (an error line each otherwise); anything else goes to `aiohttp.server`.
+    """
+
+    def __init__(self, refusals: Throttle) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._refusals = refusals
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            # aiohttp's message is "Error handling request from %s", request.remote.
+            remote = str(args[0]) if args else "?"
+            self._refusals(remote, "control: refused a malformed request from %s (%s)",
+                           remote, type(exc).__name__)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
 def make_control_app(lab: Lab, token: str) -> web.Application:
     app = web.Application(middlewares=[_auth])
     app[LAB] = lab
     app[TOKEN] = token
+    refusals = app[REFUSALS] = Throttle(log, "refused control requests")
+
+    async def close_refusals(_: web.Application) -> None:
+        refusals.close()
+
+    app.on_cleanup.append(close_refusals)
     app[PAGE] = importlib.resources.files("imds.lab").joinpath("timeline.html").read_bytes()
     app.router.add_get("/", _page)
     app.router.add_get("/timeline", _page)
@@ -283,8 +356,9 @@ class Control:
 async def start_control(config: Config, lab: Lab, token: str) -> Control:
     """Bind the control listener; a busy port is a startup error, like the metadata one."""
     # Polled every second by the timeline page: no access log (it would drown the rest).
-    runner = web.AppRunner(make_control_app(lab, token), access_log=None,
-                           handle_signals=False)
+    app = make_control_app(lab, token)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           logger=_ProtocolLog(app[REFUSALS]))
     await runner.setup()
     site = web.TCPSite(runner, config.control_host, config.control_port, reuse_address=True)
     try:

@@ -45,6 +45,7 @@ from imds.creds.model import Rendered, credential_document, unauthorized_documen
 from imds.ec2 import wire as p
 from imds.ec2.wire import from_epoch
 from imds.errors import FaultError
+from imds.logs import printable
 
 log = logging.getLogger("imds.faults")
 
@@ -139,8 +140,11 @@ def _number(data: Mapping[str, Any], key: str, kind: type, low: float, high: flo
         raise FaultError(f"{key}: expected a number, got {value!r}")
     try:
         number = kind(value)
-    except ValueError:
+    except OverflowError:  # int(inf): the control API reads 1e400 as infinity
+        raise FaultError(f"{key}: expected a finite number, got {value!r}") from None
+    except ValueError:  # int(nan), a string that is no number
         raise FaultError(f"{key}: expected a number, got {value!r}") from None
+    # NaN compares false with everything, so it fails this test too.
     if not low <= number <= high:
         raise FaultError(f"{key}: expected {low:g}..{high:g}, got {value!r}")
     return number
@@ -236,7 +240,8 @@ class Fault:
         if spec.mode is not None:
             parts.append(spec.mode)
         if spec.paths:
-            parts.append("on " + ",".join(spec.paths))
+            # Logged when the fault is added: the paths are the control client's text.
+            parts.append("on " + printable(",".join(spec.paths)))
         if self.bound is not None:
             parts.append(f"for key {self.bound[1].credentials.key_hint}")
         if spec.count is not None:
