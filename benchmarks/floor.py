@@ -10,7 +10,7 @@ of the gap to nginx is Python itself and how much is imds.
 Without `close`: an asyncio protocol on uvloop, keep-alive and pipelining allowed (the
 floor for imds's fast path on a kept-alive connection). With `close`: a bare accept loop
 on a listening socket with TCP_DEFER_ACCEPT that reads each request, writes the bytes and
-closes, as imds.acceptor does without any of its checks (the floor for new connections).
+closes, as imds.http.acceptor does without any of its checks (the floor for new connections).
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ http {{
   open_file_cache max=64 inactive=60s;
   open_file_cache_valid 60s;
   keepalive_requests 1000000;
-  # `deferred` (TCP_DEFER_ACCEPT) and the backlog: as imds listens (imds.acceptor).
+  # `deferred` (TCP_DEFER_ACCEPT) and the backlog: as imds listens (imds.http.acceptor).
   server {{
     listen 127.0.0.1:{keepalive_port} backlog=4096 deferred;
     keepalive_timeout 65s;

@@ -205,7 +205,7 @@ def memory(work: Path, options: argparse.Namespace) -> dict[str, Any]:
     """
     RSS after 1,000 and after `--puts` token PUTs. Each PUT gets its own connection: the
     token response leaves with the hop limit set on its socket [N-05], so imds closes the
-    connection after it whatever --connection-close says (imds.hoplimit).
+    connection after it whatever --connection-close says (imds.http.hoplimit).
     """
     with procs.run_imds(work, name="imds-memory") as imds:
         first = 1000

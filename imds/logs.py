@@ -18,7 +18,7 @@ import re
 import sys
 import time
 
-# aiohttp's access logger: requests answered by aiohttp and by imds.fastpath log here.
+# aiohttp's access logger: requests answered by aiohttp and by imds.http.fastpath log here.
 ACCESS = logging.getLogger("aiohttp.access")
 # An IMDS token as imds issues them [T-07]: 56 characters, URL-safe base64, padded.
 _TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_-]{54}==")
@@ -88,7 +88,7 @@ class JsonFormatter(logging.Formatter):
 
 class DropRequestEcho(logging.Filter):
     """
-    imds.httpd answers and logs malformed requests itself; this keeps any other line
+    imds.http.aioserver answers and logs malformed requests itself; this keeps any other line
     aiohttp's server logger writes (a connection-level error, say) to the event and the
     exception's type, since a traceback may quote request bytes with a token header.
     """

@@ -69,7 +69,7 @@ class Running:
     # Every listening URL (several with --listen), and the per-caller roles (--role-map).
     urls: list[str] = field(default_factory=list)
     routes: rolemap.Routes | None = None
-    # The rotation lab (faults, counters, actions) and its control listener (imds.control).
+    # The rotation lab (faults, counters, actions) and its control listener (imds.lab.control).
     lab: Lab | None = None
     control: Control | None = None
 
@@ -104,7 +104,7 @@ async def start(
     tree = instance.tree(rotator)
     routes = None
     if config.role_map:
-        # Per-caller roles: one primed rotator and tree per role of the map (imds.rolemap).
+        # Per-caller roles: one primed rotator and tree per role of the map (imds.http.rolemap).
         try:
             role_map = read_role_map(config.role_map)
         except ConfigError as exc:
@@ -123,7 +123,7 @@ async def start(
     signer = TokenSigner(clock)
     app = make_app(config, tree=tree, rotator=rotator, clock=clock, signer=signer,
                    started=started, routes=routes, lab=lab)
-    # Connection cap, timeouts, header limits, EC2-shaped parse errors (imds.httpd).
+    # Connection cap, timeouts, header limits, EC2-shaped parse errors (imds.http.aioserver).
     runner = httpd.Runner(app, httpd.Limits.of(config), fast_path=config.fast_path)
     await runner.setup()
     try:

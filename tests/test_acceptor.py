@@ -1,5 +1,5 @@
 """
-The accept loop (imds.acceptor): a whole plain request that is in when its connection is
+The accept loop (imds.http.acceptor): a whole plain request that is in when its connection is
 accepted is answered and closed there; every other connection is adopted by the event
 loop with what was read and written so far, and gets the answer it would have had.
 
@@ -45,7 +45,7 @@ def acceptors(running: Running) -> list[acceptor.Acceptor]:
     found = [a for site in running.runner.sites
              if isinstance(site, acceptor.AcceptorSite)
              for a in site._server.acceptors]  # type: ignore[union-attr]
-    assert found, "no accept loop: the server should listen through imds.acceptor"
+    assert found, "no accept loop: the server should listen through imds.http.acceptor"
     return found
 
 

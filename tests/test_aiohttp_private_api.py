@@ -3,8 +3,8 @@ The aiohttp internals imds builds on are still there, in the shape imds uses the
 installed aiohttp is inside the range pyproject.toml pins.
 
 aiohttp has no hook for its per-connection protocol or its connection factory, so
-imds.httpd and imds.acceptor subclass them and use attributes aiohttp does not document. A
-release may rename any of them without notice; each check below names the internal, the
+imds.http.aioserver and imds.http.acceptor subclass them and use attributes aiohttp does
+not document. A release may rename any of them without notice; each check below names the internal, the
 imds code that uses it and what changed, so an upgrade fails here instead of losing the
 connection limits quietly or crashing on the first connection. Widen the pin in
 pyproject.toml only with this file passing on the new version.
@@ -59,7 +59,7 @@ def _server(**kwargs: Any) -> Server:
 
 
 def _handler() -> RequestHandler:
-    """A per-connection protocol made the way imds.httpd.CappedServer makes one."""
+    """A per-connection protocol made the way imds.http.aioserver.CappedServer makes one."""
     server = _server()
     return RequestHandler(server, loop=asyncio.get_running_loop(), **server._kwargs)
 

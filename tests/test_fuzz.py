@@ -221,7 +221,7 @@ class TestTtl:
     def test_only_a_plain_integer_in_range_gets_a_token(
         self, server: Running, no_internal_errors: None, ttl: str
     ) -> None:
-        """[T-02] [T-04] the spec's rule, written independently of imds.tokens."""
+        """[T-02] [T-04] the spec's rule, written independently of imds.ec2.tokens."""
         clean = ttl.replace("\r", "").replace("\n", "")
         answer = exchange(port_of(server), request("PUT", "/latest/api/token", {TTL: clean}))
         assert answer is not None
@@ -291,7 +291,7 @@ class TestTokensNotIssuedHereAreRefused:
         """[T-21] invalid from the instant created + ttl, and forever after."""
         token = issue(server, ttl)
         # Used once first, so the token is remembered as good and the answer kept
-        # (imds.tokens, imds.fastpath): neither may outlive the token.
+        # (imds.ec2.tokens, imds.http.fastpath): neither may outlive the token.
         assert 200 == get_credentials(server, token)
         clock.offset += ttl + late
         try:
@@ -314,7 +314,7 @@ class TestTokensNotIssuedHereAreRefused:
 
 # ---------------------------------------------------------- the fast path agrees
 
-# What the fast path takes (imds.fastpath._HEAD), so most examples stay on it.
+# What the fast path takes (imds.http.fastpath._HEAD), so most examples stay on it.
 PLAIN_SEGMENTS = st.one_of(
     st.sampled_from(["meta-data", "iam", "security-credentials", ROLE, "api", "token",
                      "dynamic", "instance-identity", "document", "user-data", "placement",

@@ -1,7 +1,7 @@
 """
 Limits over real sockets: what aiohttp cannot parse gets EC2's 400, bodies are refused,
 idle and trickling clients are cut off, and a crowd of idle connections cannot keep a new
-client from being served (imds.httpd).
+client from being served (imds.http.aioserver).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 async def open_idle(url: str, count: int, first: bytes = b"") -> list[Connection]:
     """
     `count` connections that send `first` and nothing more. Silent ones (no `first`) stay
-    with the kernel for about a second before the server sees them (imds.acceptor).
+    with the kernel for about a second before the server sees them (imds.http.acceptor).
     """
     host, port = address(url)
     connections = []
@@ -260,8 +260,8 @@ class TestTimeouts:
             assert b"" == await closed_within(reader, 5)
         finally:
             writer.close()
-        # The timeout, plus up to the sweep's period (imds.httpd) and, on Linux, the
-        # second or two the kernel holds a silent connection back (imds.acceptor).
+        # The timeout, plus up to the sweep's period (imds.http.aioserver) and, on Linux, the
+        # second or two the kernel holds a silent connection back (imds.http.acceptor).
         assert 0.9 <= time.monotonic() - began < 3.5
 
     async def test_trickled_headers_do_not_extend_the_deadline(
@@ -361,7 +361,7 @@ class TestConnectionCap:
         self, imds_factory: ServerFactory, many_files: None
     ) -> None:
         """
-        TCP_DEFER_ACCEPT (imds.acceptor): a connection that sends nothing costs the server
+        TCP_DEFER_ACCEPT (imds.http.acceptor): a connection that sends nothing costs the server
         nothing for about a second; then it is handed over and the cap applies to it.
         """
         server = await imds_factory(max_connections=100)

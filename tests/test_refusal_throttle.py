@@ -54,7 +54,7 @@ class TestRefusedCalls:
     async def test_malformed_requests_share_the_refusal_budget(
         self, imds_factory: ServerFactory, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """aiohttp logs each one as an error otherwise (imds.control._ProtocolLog)."""
+        """aiohttp logs each one as an error otherwise (imds.lab.control._ProtocolLog)."""
         caplog.set_level(logging.DEBUG)
         running = await imds_factory()
         assert running.control is not None

@@ -50,7 +50,7 @@ class Config:
     credential_lifetime: int = 3600
     refresh_ahead: int = 300
     # A real role assumed through STS from the user's own credentials; empty: the embedded
-    # local source. See docs/sts.md and `imds.sts_settings`.
+    # local source. See docs/sts.md and `imds.config.sts`.
     role_arn: tuple[str, ...] = ()
     role_session_name: str = ""
     external_id: str = ""
@@ -97,13 +97,13 @@ class Config:
     log_format: str = "text"
     # [N-04] every real response closes its connection; off lets clients keep it alive.
     connection_close: bool = True
-    # What one client may hold (imds.httpd, docs/benchmarks.md): connections beyond the cap
+    # What one client may hold (imds.http.aioserver, docs/benchmarks.md): connections beyond the cap
     # close the longest idle one; a request must arrive complete within idle_timeout.
     max_connections: int = 1024
     idle_timeout: int = 5
     max_header_size: int = 8190
     max_headers: int = 64
-    # The SDK's requests answered by imds.fastpath ahead of aiohttp (docs/benchmarks.md).
+    # The SDK's requests answered by imds.http.fastpath ahead of aiohttp (docs/benchmarks.md).
     fast_path: bool = True
     # The rotation lab's control API, metrics and timeline: a listener of its own, never
     # the metadata one (docs/rotation-lab.md). The port defaults to CONTROL_PORT, or to a
@@ -483,7 +483,7 @@ def finish(config: Config) -> Config:
     changes["state_dir"] = state_dir
     if not config.instance_id:
         # Read only: a new id is chosen and saved when the server first starts
-        # (`imds.instance.resolve`), so loading a configuration writes nothing.
+        # (`imds.instance.simulated.resolve`), so loading a configuration writes nothing.
         changes["instance_id"] = saved_instance_id(state_dir)
     if config.listen:
         changes["listen"] = tuple(endpoint.with_port(config.port) for endpoint in config.listen)

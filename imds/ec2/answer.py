@@ -49,7 +49,7 @@ class Rules:
 class Reply(NamedTuple):
     """
     An answer before it meets a wire: aiohttp's (`handle`) or the fast path's
-    (imds.fastpath), which must send the same bytes for it. A named tuple: one is made
+    (imds.http.fastpath), which must send the same bytes for it. A named tuple: one is made
     for most requests, and a frozen dataclass takes three times as long to build.
     """
 
@@ -63,7 +63,7 @@ class Reply(NamedTuple):
     # Data, not a system call: the wire that sends the answer sets it on its socket, and
     # closes the connection after it, since the socket keeps the limit.
     hop_limit: int = 0
-    # A metadata answer: where its body came from (imds.fastpath keeps such answers while
+    # A metadata answer: where its body came from (imds.http.fastpath keeps such answers while
     # `found.unchanged()`), and the clock time its headers hold until (the token's
     # remaining lifetime [A-07] ticks down a second at a time).
     found: Found | None = None
@@ -128,7 +128,7 @@ def answer(
     guard = rules.guard
     if guard is not None and not guard.admits(header(_HOST), remote):
         # A rebinding `Host` or a caller outside --allow-client: "the request is not
-        # allowed" [N-03], as the EKS agent answers a wrong Host [K-08]. See imds.netguard.
+        # allowed" [N-03], as the EKS agent answers a wrong Host [K-08]. See imds.ec2.guard.
         return _FORBIDDEN
     if has_body:
         # No IMDS request has a body [T-14]: refuse it unread and close, so nobody can

@@ -67,7 +67,7 @@ class Found(NamedTuple):
     content_type: str = TEXT_PLAIN
     # What the body was read from, and the directories along the way that are present
     # only sometimes: enough to tell later, without walking the tree, whether the same
-    # path would still give the same body (imds.fastpath keeps answers on that condition).
+    # path would still give the same body (imds.http.fastpath keeps answers on that condition).
     node: Leaf | Directory | None = None
     conditions: tuple[Directory, ...] = ()
 

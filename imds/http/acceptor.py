@@ -8,7 +8,7 @@ registering the socket for reading, a callback when the request arrives, unregis
 it) cost more than the answer (docs/benchmarks.md). So the listening socket is made with
 TCP_DEFER_ACCEPT, and the kernel hands a connection over only once its first bytes have
 arrived. `Acceptor` accepts a batch each time the listening socket is ready, reads each
-connection's request at once, and when it is a whole plain request (imds.fastpath.Wire)
+connection's request at once, and when it is a whole plain request (imds.http.fastpath.Wire)
 sends the answer and closes: accept4, recv, send and close (and the getsockname CPython
 makes for each socket object), nothing registered.
 
@@ -61,7 +61,7 @@ _RETRY_DELAY = 1.0
 
 
 class _Socket:
-    """What `answer` asks of a transport (imds.hoplimit.SocketHolder), for a bare socket."""
+    """What `answer` asks of a transport (imds.http.hoplimit.SocketHolder), for a bare socket."""
 
     __slots__ = ("sock",)
 
@@ -127,7 +127,7 @@ class Acceptor:
             try:
                 self._serve(conn, peer[0])
             except Exception as exc:  # a bug in imds: this connection only
-                # As imds.httpd logs one: where, but not the text (it may hold data).
+                # As imds.http.aioserver logs one: where, but not the text (it may hold data).
                 log.error("internal error answering %s: %s\n%s", peer[0],
                           type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
                 conn.close()
@@ -228,7 +228,7 @@ def listening_socket(family: int, address: Any, backlog: int) -> socket.socket:
 
 
 class AcceptorSite(web.BaseSite):
-    """A TCP site whose connections are accepted by `Acceptor`s (imds.httpd.Runner)."""
+    """A TCP site whose connections are accepted by `Acceptor`s (imds.http.aioserver.Runner)."""
 
     __slots__ = ("_capped", "_host", "_port")
 

@@ -9,9 +9,9 @@ un-EC2-like:
 - `CappedServer` keeps at most `max_connections` open. Over the cap it closes the
   connection idle the longest (else the oldest), never the newcomer: a thousand idle or
   slow connections cannot keep a new SDK client from being served. With the fast path on,
-  each connection starts there (imds.fastpath) and is handed to aiohttp when it asks for
+  each connection starts there (imds.http.fastpath) and is handed to aiohttp when it asks for
   more than a plain answer; on Linux most connections are answered and closed by the
-  accept loop (imds.acceptor) and never reach the cap.
+  accept loop (imds.http.acceptor) and never reach the cap.
 - `Ec2RequestHandler` answers what aiohttp cannot parse (bad request line, oversized or
   too many headers, bad encoding) with EC2's 400 and `Server: EC2ws` instead of aiohttp's
   own page [R-10], logs no byte of it (it may carry a token), and closes the connection.
@@ -214,7 +214,7 @@ class Connection(Protocol):
 class CappedServer(Server):
     """
     aiohttp's connection factory with a cap on open connections; with a `Wire`, each
-    connection starts on the fast path (imds.fastpath) and comes here to be handed over.
+    connection starts on the fast path (imds.http.fastpath) and comes here to be handed over.
     """
 
     def __init__(self, base: Server, limits: Limits, max_connections: int,
@@ -338,7 +338,7 @@ class Runner(web.AppRunner):
         a client a one-second retransmit, botocore's whole timeout [S-PY-06]. The kernel
         caps it at net.core.somaxconn.
 
-        With deferred accept (imds.acceptor) the same length also bounds the connections
+        With deferred accept (imds.http.acceptor) the same length also bounds the connections
         the kernel holds back until their first bytes arrive; when many such bytes arrive
         at once, all of those connections become ready together. So it is never below
         `_MIN_BACKLOG`, whatever the connection cap: the queues cost the kernel a few
@@ -354,7 +354,7 @@ class Runner(web.AppRunner):
     def site(self, host: str, port: int) -> web.BaseSite:
         """
         A TCP site for host:port. With the fast path on Linux, connections are accepted by
-        imds.acceptor and most are answered there; otherwise by the event loop.
+        imds.http.acceptor and most are answered there; otherwise by the event loop.
         """
         capped = self.capped
         if capped is not None and capped.wire is not None and acceptor.SUPPORTED:

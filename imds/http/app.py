@@ -140,7 +140,7 @@ def make_app(
         routes=routes,
         lab=lab,
     )
-    # Header limits, timeouts and the connection cap are the server's (imds.httpd.Limits).
+    # Header limits, timeouts and the connection cap are the server's (imds.http.aioserver.Limits).
     app = web.Application()
     app[STATE] = state
     handler: Handler = handle

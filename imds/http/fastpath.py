@@ -5,8 +5,8 @@ An SDK fetching credentials sends three small requests, a new connection each [N
 PUT the token, GET the role list, GET the role's document. aiohttp spends most of each
 answer building and tearing down its own request, response and task objects
 (docs/benchmarks.md). `Wire.respond` turns a plain request head into the reply's bytes,
-asking `imds.app.answer` (the function aiohttp's handler calls too). On Linux the accept
-loop (imds.acceptor) uses it on a connection's first request before the event loop has
+asking `imds.ec2.answer.answer` (the function aiohttp's handler calls too). On Linux the accept
+loop (imds.http.acceptor) uses it on a connection's first request before the event loop has
 the connection; `FastPath`, the protocol every metadata connection the event loop takes
 starts with, uses it for every request it reads.
 
@@ -15,7 +15,7 @@ unreserved characters, every header well-formed and none that needs interpreting
 (a body, `Expect`, `Upgrade`, a repeated name). Anything else, and the connection is
 handed to aiohttp for good: its protocol takes the transport and every byte read so far
 and answers as if it had had the connection from the start. So each limit and each answer
-to a malformed request stays aiohttp's (imds.httpd), faults stay the lab's (imds.lab),
+to a malformed request stays aiohttp's (imds.http.aioserver), faults stay the lab's (imds.lab),
 and this module only has to recognise what it may answer, never refuse anything.
 """
 
@@ -77,7 +77,7 @@ class Kept(NamedTuple):
 
 
 class Adopted(NamedTuple):
-    """A connection's start, as the accept loop left it (imds.acceptor)."""
+    """A connection's start, as the accept loop left it (imds.http.acceptor)."""
 
     # Bytes read and not answered yet.
     read: bytes = b""
@@ -102,7 +102,7 @@ class Wire:
 
     def __init__(self, state: State, max_headers: int) -> None:
         self.state = state
-        # More header fields than this and aiohttp answers (imds.httpd.Limits).
+        # More header fields than this and aiohttp answers (imds.http.aioserver.Limits).
         self.max_headers = max_headers
         # aiohttp writes the content type first, then the app's headers in order.
         self._common = "".join(f"{name}: {value}\r\n"
@@ -132,11 +132,11 @@ class Wire:
         """
         The bytes answering `data`, one complete request head from `remote`, and whether
         the connection closes after them; None when aiohttp must answer it. `transport`
-        gives the socket the hop limit is set on (imds.hoplimit).
+        gives the socket the hop limit is set on (imds.http.hoplimit).
         """
         lab = self.state.lab
         if lab is not None and lab.intercepts:
-            # Faults are applied around aiohttp's handler only (imds.lab.Lab.wrap).
+            # Faults are applied around aiohttp's handler only (imds.lab.lab.Lab.wrap).
             return None
         kept = self.recall(data, remote)
         if kept is None:
@@ -263,14 +263,14 @@ class FastPath(asyncio.Protocol):
                  ) -> None:
         self._server = server
         self._wire = wire
-        # What the accept loop (imds.acceptor) did on this connection before the event
+        # What the accept loop (imds.http.acceptor) did on this connection before the event
         # loop had it; taken up as soon as the connection is made.
         self._first = first
         self._transport: asyncio.Transport | None = None
         self._remote = ""
         self._buffer: bytearray | None = None
         self._loop = server.loop
-        # The idle timeout (imds.httpd.Limits): a complete request must arrive by this loop
+        # The idle timeout (imds.http.aioserver.Limits): a complete request must arrive by this loop
         # time, counted from the connection opening or the last answer. The server's sweep
         # closes connections past it (one timer for all, not one per connection).
         self.deadline = 0.0

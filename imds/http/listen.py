@@ -21,7 +21,7 @@ def urls(runner: web.AppRunner) -> list[str]:
     return [Endpoint(host, port).url() for host, port, *_ in runner.addresses]
 
 
-# A site for host:port, not started yet (imds.httpd.Runner.site).
+# A site for host:port, not started yet (imds.http.aioserver.Runner.site).
 MakeSite = Callable[[str, int], web.BaseSite]
 
 

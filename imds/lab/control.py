@@ -16,7 +16,7 @@ the browser call the API with it (no CSRF, unlike a cookie).
     POST   /api/revoke            stop serving the current keys [C-06]       {"role"?}
     POST   /api/settings          {"lifetime"?, "refresh_ahead"?, "role"?}
     GET    /api/faults            active faults
-    POST   /api/faults            inject one (imds.faults.FaultSpec as JSON)
+    POST   /api/faults            inject one (imds.lab.faults.FaultSpec as JSON)
     DELETE /api/faults[/{id}]     clear all, or one
     GET    /metrics               Prometheus text
 """

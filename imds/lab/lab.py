@@ -145,7 +145,7 @@ class Lab:
         self.requests: dict[tuple[str, int | str], int] = {}
         self.tokens_issued = 0
         self.credential_fetches = 0
-        # How metadata requests were answered (imds.fastpath): worked out on the fast path,
+        # How metadata requests were answered (imds.http.fastpath): worked out on the fast path,
         # sent again as kept, or handed to aiohttp (odd requests, faults injected).
         self.fast_answered = 0
         self.fast_kept = 0
@@ -237,8 +237,8 @@ class Lab:
 
     def record(self, path: str, status: int, client: str,
                fetched: tuple[str, str] | None, applied: str = "") -> None:
-        """`observe` with `fetched` worked out already (imds.fastpath keeps it)."""
-        # Once per answer, kept ones included (imds.fastpath): the common case, a path
+        """`observe` with `fetched` worked out already (imds.http.fastpath keeps it)."""
+        # Once per answer, kept ones included (imds.http.fastpath): the common case, a path
         # and status counted before, is done here without a call.
         requests = self.requests
         key = (path, status)
@@ -333,7 +333,7 @@ class Lab:
         replaces them; the schedule is reconsidered at once.
         """
         # The bounds of --credential-lifetime and --refresh-ahead (imds.config): a lifetime
-        # up to STS's longest session (imds.sts_settings.DURATION_MAX), a refresh at most
+        # up to STS's longest session (imds.config.sts.DURATION_MAX), a refresh at most
         # six hours ahead.
         if lifetime is not None and not 1 <= lifetime <= 43200:
             raise LabError(f"lifetime: expected seconds in 1..43200, got {lifetime!r}")

@@ -1,7 +1,7 @@
 """
 Prometheus metrics for `/metrics` on the control listener.
 
-The request path only bumps plain counters in `imds.lab.Lab`; this collector turns them
+The request path only bumps plain counters in `imds.lab.lab.Lab`; this collector turns them
 into metric families when scraped. Paths become a fixed set of labels (the version
 collapsed to `{version}`, the role to `{role}`, anything unknown to `other`) so a client
 asking for random paths cannot grow the label set.

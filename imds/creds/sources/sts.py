@@ -75,7 +75,7 @@ def _version() -> str:
 
 @dataclass(frozen=True, slots=True)
 class AssumeRoleSettings:
-    """What to ask STS for; validated by `imds.config` (see `imds.sts_settings`)."""
+    """What to ask STS for; validated by `imds.config` (see `imds.config.sts`)."""
 
     role_arns: tuple[str, ...]
     session_name: str
