@@ -4,9 +4,9 @@ installed aiohttp is inside the range pyproject.toml pins.
 
 aiohttp has no hook for its per-connection protocol or its connection factory, so
 imds.http.aioserver and imds.http.acceptor subclass them and use attributes aiohttp does
-not document. A release may rename any of them without notice; each check below names the internal, the
-imds code that uses it and what changed, so an upgrade fails here instead of losing the
-connection limits quietly or crashing on the first connection. Widen the pin in
+not document. A release may rename any of them without notice; each check below names
+the internal, the imds code that uses it and what changed, so an upgrade fails here
+instead of losing the connection limits quietly or crashing on the first connection. Widen the pin in
 pyproject.toml only with this file passing on the new version.
 """
 
