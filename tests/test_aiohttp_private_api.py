@@ -6,8 +6,8 @@ aiohttp has no hook for its per-connection protocol or its connection factory, s
 imds.http.aioserver and imds.http.acceptor subclass them and use attributes aiohttp does
 not document. A release may rename any of them without notice; each check below names
 the internal, the imds code that uses it and what changed, so an upgrade fails here
-instead of losing the connection limits quietly or crashing on the first connection. Widen the pin in
-pyproject.toml only with this file passing on the new version.
+instead of losing the connection limits quietly or crashing on the first connection.
+Widen the pin in pyproject.toml only with this file passing on the new version.
 """
 
 from __future__ import annotations
