@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from itertools import pairwise
 
 import aiohttp
@@ -23,8 +24,9 @@ from tests.support.polling import until
 class FlakySource:
     """A real LocalSource behind a switch that makes fetches fail, and a fetch delay."""
 
-    def __init__(self, lifetime: float, delay: float = 0.0) -> None:
-        self.inner = LocalSource(ROLE, "123456789012", lifetime, time.time)
+    def __init__(self, lifetime: float, delay: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.inner = LocalSource(ROLE, "123456789012", lifetime, clock)
         self.failing = False
         self.delay = delay
         self.calls = 0
