@@ -26,7 +26,7 @@ from imds.config import CONTROL_PORT
 from imds.config.instance import default_state_dir
 from imds.errors import CtlError
 from imds.lab.control import TOKEN_FILE, URL_FILE
-from imds.lab.faults import KINDS
+from imds.lab.faultspec import KINDS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -164,7 +164,7 @@ class _Server:
         return _Fault(self, self.on_loop(self.lab.revoke))
 
     def fault(self, kind: str, **spec: Any) -> _Fault:
-        from imds.lab.faults import FaultSpec
+        from imds.lab.faultspec import FaultSpec
 
         parsed = FaultSpec.parse({"kind": kind, **spec})
         return _Fault(self, self.on_loop(lambda: self.lab.add_fault(parsed)))

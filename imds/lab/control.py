@@ -16,7 +16,7 @@ the browser call the API with it (no CSRF, unlike a cookie).
     POST   /api/revoke            stop serving the current keys [C-06]       {"role"?}
     POST   /api/settings          {"lifetime"?, "refresh_ahead"?, "role"?}
     GET    /api/faults            active faults
-    POST   /api/faults            inject one (imds.lab.faults.FaultSpec as JSON)
+    POST   /api/faults            inject one (imds.lab.faultspec.FaultSpec as JSON)
     DELETE /api/faults[/{id}]     clear all, or one
     GET    /metrics               Prometheus text
 """
@@ -41,7 +41,7 @@ from aiohttp.http import HttpProcessingError
 from imds.config import Config
 from imds.errors import FaultError, LabError, StartupError
 from imds.lab import metrics
-from imds.lab.faults import FaultSpec
+from imds.lab.faultspec import FaultSpec
 from imds.lab.lab import Lab
 from imds.logs import Throttle, printable
 

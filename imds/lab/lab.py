@@ -25,7 +25,8 @@ from imds.creds.sources.base import CredentialSource, RoleIdentity
 from imds.ec2 import wire as p
 from imds.errors import LabError, SourceError
 from imds.http.observer import Handler, Respond
-from imds.lab.faults import Fault, Faults, FaultSpec, credential_path
+from imds.lab.faults import Fault, Faults, credential_path
+from imds.lab.faultspec import FaultSpec
 
 log = logging.getLogger("imds.lab")
 

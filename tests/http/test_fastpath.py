@@ -21,7 +21,7 @@ import pytest
 from imds.http.aioserver import CappedServer
 from imds.http.fastpath import KEPT_MAX
 from imds.lab import metrics
-from imds.lab.faults import FaultSpec
+from imds.lab.faultspec import FaultSpec
 from imds.server import Running
 from tests.conftest import ServerFactory
 from tests.support.polling import just_after_a_second_turns

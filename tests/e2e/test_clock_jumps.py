@@ -20,13 +20,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from imds.rotation import ClockWatch, Rotator
-from tests.polling import until
-from tests.processes import ROOT, clean_env, run_imds, stop_process
-from tests.sts_support import StsProxy
-from tests.test_metadata_http import ROLE, fetch, get_token
-from tests.test_rotation import FlakySource
-from tests.test_sts_e2e import ROLE_A, server_env
+from imds.creds.rotation import ClockWatch, Rotator
+from tests.e2e.test_sts_e2e import ROLE_A, server_env
+from tests.http.test_metadata_http import ROLE, fetch, get_token
+from tests.http.test_rotation import FlakySource
+from tests.support.polling import until
+from tests.support.processes import ROOT, clean_env, run_imds, stop_process
+from tests.support.sts_support import StsProxy
 
 HOUR = 3600.0
 
