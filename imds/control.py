@@ -41,6 +41,7 @@ from imds.config import Config
 from imds.errors import StartupError
 from imds.faults import FaultError, FaultSpec
 from imds.lab import Lab, LabError
+from imds.shutdown import GRACE
 
 log = logging.getLogger("imds.control")
 
@@ -284,7 +285,7 @@ async def start_control(config: Config, lab: Lab, token: str) -> Control:
     """Bind the control listener; a busy port is a startup error, like the metadata one."""
     # Polled every second by the timeline page: no access log (it would drown the rest).
     runner = web.AppRunner(make_control_app(lab, token), access_log=None,
-                           handle_signals=False)
+                           handle_signals=False, shutdown_timeout=GRACE)
     await runner.setup()
     site = web.TCPSite(runner, config.control_host, config.control_port, reuse_address=True)
     try:
