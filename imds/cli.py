@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from imds import config as cfg
@@ -104,10 +104,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     return 0
 
 
-def _run(coro: object) -> None:
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run the server on uvloop when it is installed (`pip install imds[fast]`), else asyncio."""
+    run: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
+        run = asyncio.run
     else:
-        uvloop.run(coro)  # type: ignore[arg-type]
+        run = uvloop.run
+    # Outside the `except`: whatever is raised while serving would otherwise be reported
+    # as raised "during handling of" the missing uvloop.
+    run(coro)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import logging
-import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +18,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from imds import shutdown
 from imds.config import Config
 from imds.config.endpoints import endpoints
 from imds.config.rolemap import DEFAULT_ROLE
@@ -73,10 +72,13 @@ class Running:
     lab: Lab | None = None
     control: Control | None = None
 
-    async def stop(self) -> None:
-        if self.control is not None:
-            await self.control.stop()
-        await self.runner.cleanup()
+    async def stop(self, hurry: asyncio.Event | None = None) -> None:
+        """
+        Close both listeners now and every connection within `shutdown.GRACE` seconds
+        (at once when `hurry` is set), then stop the rotation.
+        """
+        runners = [self.runner] if self.control is None else [self.control.runner, self.runner]
+        await shutdown.close(runners, hurry)
 
 
 async def start(
@@ -124,18 +126,19 @@ async def start(
     app = make_app(config, tree=tree, rotator=rotator, clock=clock, signer=signer,
                    started=started, routes=routes, lab=lab)
     # Connection cap, timeouts, header limits, EC2-shaped parse errors (imds.http.aioserver).
-    runner = httpd.Runner(app, httpd.Limits.of(config), fast_path=config.fast_path)
+    runner = httpd.Runner(app, httpd.Limits.of(config), fast_path=config.fast_path,
+                          shutdown_timeout=shutdown.GRACE)
     await runner.setup()
     try:
         await start_sites(runner.site, endpoints(config.listen, config.host, config.port))
-    except StartupError:
+    except BaseException:  # a StartupError, or a stop signal while binding (cancelled)
         await runner.cleanup()
         raise
     control = None
     if config.control:
         try:
             control = await start_control(config, lab, config.control_token or new_token())
-        except StartupError:
+        except BaseException:
             await runner.cleanup()
             raise
     return Running(runner, _url(runner), rotator, signer, config, urls=urls(runner),
@@ -149,39 +152,42 @@ def _url(runner: web.AppRunner) -> str:
 
 
 async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM, printing where the server listens."""
+    """
+    Run until SIGTERM, SIGINT or SIGHUP, printing where the server listens; a second
+    signal stops at once (imds.shutdown). The published control URL is withdrawn
+    whatever ends the server, an error included.
+    """
     if config.control and not config.control_token:
         # Kept in the state directory, where `imds ctl` looks for it.
         config = dataclasses.replace(config, control_token=load_or_create_token(config.state_dir))
-    running = await start(config)
-    role = running.rotator.source.role
-    print(f"imds: listening on {', '.join(running.urls)} (IMDSv2 {config.http_tokens})",
-          flush=True)
+    # Before the first fetch: a stop while STS is slow to answer stops the start.
+    signals = shutdown.Signals().install()
+    running = await signals.unless_stopped(start(config))
+    if running is None:
+        return
     control = running.control
-    if control is not None:
-        write_url(running.config.state_dir, control.url)
-        print(f"imds: control API, /metrics and timeline on {control.url}/ "
-              "(token: imds ctl url)", flush=True)
-    print(f"imds: serving role {role.name} from {running.rotator.source.describe()}",
-          flush=True)
-    if running.routes is not None:
-        for network, name in running.routes.role_map.clients:
-            print(f"imds: callers in {network} get role {name}", flush=True)
-        unmapped = running.routes.role_map.unmapped
-        others = f"role {role.name}" if unmapped == DEFAULT_ROLE else "no role"
-        print(f"imds: other callers get {others}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        role = running.rotator.source.role
+        print(f"imds: listening on {', '.join(running.urls)} (IMDSv2 {config.http_tokens})",
+              flush=True)
+        if control is not None:
+            write_url(running.config.state_dir, control.url)
+            print(f"imds: control API, /metrics and timeline on {control.url}/ "
+                  "(token: imds ctl url)", flush=True)
+        print(f"imds: serving role {role.name} from {running.rotator.source.describe()}",
+              flush=True)
+        if running.routes is not None:
+            for network, name in running.routes.role_map.clients:
+                print(f"imds: callers in {network} get role {name}", flush=True)
+            unmapped = running.routes.role_map.unmapped
+            others = f"role {role.name}" if unmapped == DEFAULT_ROLE else "no role"
+            print(f"imds: other callers get {others}", flush=True)
+        await signals.stop.wait()
     finally:
-        # A log line (JSON with --log-format json), so stderr stays one event a line.
-        logging.getLogger("imds.server").info("shutting down")
+        # First: whatever happens next, `imds ctl` must not find a server that is gone.
         if control is not None:
             remove_url(running.config.state_dir, control.url)
-        await running.stop()
+        await running.stop(hurry=signals.hurry)
 
 
 class ServerThread:

@@ -41,9 +41,10 @@ from aiohttp.http import HttpProcessingError
 from imds.config import Config
 from imds.errors import FaultError, LabError, StartupError
 from imds.lab import metrics
-from imds.lab.faultspec import FaultSpec
 from imds.lab.lab import Lab
+from imds.lab.faultspec import FaultSpec
 from imds.logs import Throttle, printable
+from imds.shutdown import GRACE
 
 log = logging.getLogger("imds.control")
 
@@ -358,7 +359,7 @@ async def start_control(config: Config, lab: Lab, token: str) -> Control:
     # Polled every second by the timeline page: no access log (it would drown the rest).
     app = make_control_app(lab, token)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           logger=_ProtocolLog(app[REFUSALS]))
+                           logger=_ProtocolLog(app[REFUSALS]), shutdown_timeout=GRACE)
     await runner.setup()
     site = web.TCPSite(runner, config.control_host, config.control_port, reuse_address=True)
     try:

@@ -241,7 +241,7 @@ class TestStatus:
 
     async def test_the_fetch_log_is_a_bounded_ring(self, imds: Running) -> None:
         assert imds.lab is not None
-        assert imds.lab.lab.fetches.maxlen is not None and imds.lab.lab.fetches.maxlen <= 1024
+        assert imds.lab.fetches.maxlen is not None and imds.lab.fetches.maxlen <= 1024
 
 
 class TestTokenFile:

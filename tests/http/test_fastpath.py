@@ -17,11 +17,11 @@ import time
 from typing import Any
 
 import pytest
+from imds.lab.faultspec import FaultSpec
 
 from imds.http.aioserver import CappedServer
 from imds.http.fastpath import KEPT_MAX
 from imds.lab import metrics
-from imds.lab.faultspec import FaultSpec
 from imds.server import Running
 from tests.conftest import ServerFactory
 from tests.support.polling import just_after_a_second_turns
@@ -324,7 +324,7 @@ class TestKeptAnswers:
         raw = request("GET", CREDENTIALS, f"Host: {HOST}", f"X-aws-ec2-metadata-token: {token}")
         await exchange(imds, raw)
         await exchange(imds, raw)
-        imds.lab.lab.add_fault(FaultSpec(kind="status", status=503, paths=(CREDENTIALS,)))
+        imds.lab.add_fault(FaultSpec(kind="status", status=503, paths=(CREDENTIALS,)))
         [faulted] = await exchange(imds, raw)
         imds.lab.faults.clear()
         [healed] = await exchange(imds, raw)
@@ -374,8 +374,8 @@ class TestKeptAnswers:
         raw = request("GET", CREDENTIALS, f"Host: {HOST}", f"X-aws-ec2-metadata-token: {token}")
         for _ in range(5):
             await exchange(imds, raw)
-        assert imds.lab.lab.credential_fetches == 5
-        assert [f.role for f in list(imds.lab.lab.fetches)[-5:]] == [ROLE] * 5
+        assert imds.lab.credential_fetches == 5
+        assert [f.role for f in list(imds.lab.fetches)[-5:]] == [ROLE] * 5
         text = metrics.render(imds.lab).decode()
         assert 'imds_fast_path_total{outcome="answered"} 2.0' in text  # the PUT and one GET
         assert 'imds_fast_path_total{outcome="kept"} 4.0' in text

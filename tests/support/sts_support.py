@@ -3,8 +3,8 @@ A counting, breakable HTTP proxy in front of the test STS server (moto in server
 
 It forwards every request unchanged and records what reached "STS": the action, its
 parameters and the access key id that signed it. It can also stop listening (connection
-refused, as when STS is unreachable) and listen again on the same port, or answer with
-STS-shaped error documents.
+refused, as when STS is unreachable) and listen again on the same port, answer with
+STS-shaped error documents, or hold requests unanswered (STS hung).
 
 Why errors come from the proxy: moto does not evaluate trust policies or throttle, so it
 never answers AccessDenied or Throttling to AssumeRole. The proxy answers exactly what STS
@@ -86,6 +86,10 @@ class StsProxy:
         self._lock = threading.Lock()
         self._calls: list[Call] = []
         self._failures: dict[str, Failure] = {}
+        # Actions held unanswered until `heal()`, and how many requests are held now.
+        self._hung: set[str] = set()
+        self._held = 0
+        self._release: asyncio.Event | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -114,9 +118,21 @@ class StsProxy:
         with self._lock:
             self._failures[action] = Failure(status, code, message, tuple(when.items()))
 
+    def hang(self, action: str) -> None:
+        """Hold `action` requests unanswered (accepted, read, never answered) until `heal()`."""
+        with self._lock:
+            self._hung.add(action)
+
+    def held(self) -> int:
+        """How many requests are being held unanswered now."""
+        with self._lock:
+            return self._held
+
     def heal(self) -> None:
         with self._lock:
             self._failures.clear()
+            self._hung.clear()
+        self._run(self._release_held())
 
     def calls(self, action: str | None = None, *, ok: bool | None = None) -> list[Call]:
         with self._lock:
@@ -126,6 +142,7 @@ class StsProxy:
         return found
 
     def close(self) -> None:
+        self.heal()
         self._run(self._close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -137,6 +154,7 @@ class StsProxy:
     # -------------------------------------------------------------- on the proxy's loop
 
     async def _start(self) -> None:
+        self._release = asyncio.Event()
         self._client = aiohttp.ClientSession()
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -156,11 +174,27 @@ class StsProxy:
             await self._site.stop()
             self._site = None
 
+    async def _release_held(self) -> None:
+        assert self._release is not None
+        self._release.set()
+        self._release = asyncio.Event()
+
     async def _close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
         if self._client is not None:
             await self._client.close()
+
+    async def _hold(self) -> None:
+        release = self._release
+        assert release is not None
+        with self._lock:
+            self._held += 1
+        try:
+            await release.wait()
+        finally:
+            with self._lock:
+                self._held -= 1
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -172,6 +206,9 @@ class StsProxy:
         signed_by = match.group(1) if match else ""
         with self._lock:
             failure = self._failures.get(action)
+            hung = action in self._hung
+        if hung:
+            await self._hold()
         if failure is not None and failure.matches(params):
             status, data = failure.status, sts_error(failure.status, failure.code,
                                                      failure.message)

@@ -7,15 +7,17 @@ provider: that would be this very service (or, on a laptop, a one-second timeout
 169.254.169.254). Only the assumed role's temporary keys ever leave this module; the base
 credentials stay inside botocore, which keeps them in memory only.
 
-boto3 is blocking and slow to import, so it is imported on first use and every call runs
-in a worker thread (`asyncio.to_thread`); the embedded default never imports it.
+boto3 is blocking and slow to import, so it is imported on first use and every fetch runs
+in a daemon thread of its own (`in_daemon_thread`); the embedded default never imports it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import fnmatch
+import functools
 import importlib.metadata
 import json
 import logging
@@ -24,7 +26,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from imds.config import sts
 from imds.creds.model import Credentials
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from imds.config import Config
 
 log = logging.getLogger("imds.sts")
+
+T = TypeVar("T")
 
 # The service principal an instance profile's role must trust on EC2 (and its old China
 # spelling, which IAM still accepts there).
@@ -195,7 +199,7 @@ class AssumeRoleSource:
 
     async def fetch(self) -> Credentials:
         # boto3 blocks (and its first import takes ~0.4 s): never on the event loop.
-        return await asyncio.to_thread(self._fetch_blocking)
+        return await in_daemon_thread(self._fetch_blocking)
 
     # ------------------------------------------------------------------ worker thread
 
@@ -457,6 +461,45 @@ class AssumeRoleSource:
             return
         log.warning("--check-trust: could not read the trust policy of role %s (%s)",
                     name, "; ".join(failures))
+
+
+async def in_daemon_thread(call: Callable[[], T]) -> T:
+    """
+    `call()` in a daemon thread of its own, awaited without blocking the event loop.
+
+    Not `asyncio.to_thread`: the default executor's threads are joined when the loop
+    closes (`asyncio.run`) and again at interpreter exit (concurrent.futures), so an
+    AssumeRole hung on an STS that does not answer (connect 5 s, read 15 s, three
+    attempts) would hold the process for up to a minute after a stop signal, beyond
+    Docker's 10 s (imds.shutdown). A blocked socket read cannot be interrupted; a daemon
+    thread is simply left behind at exit, and the OS closes its socket. A thread per
+    fetch costs nothing that matters: fetches come once a rotation.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        outcome: Callable[[], None]
+        try:
+            outcome = functools.partial(_set_result, future, call())
+        except BaseException as exc:  # whatever it is, the awaiting side gets it
+            outcome = functools.partial(_set_exception, future, exc)
+        # The loop may be closed by now (the server stopped): then nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(outcome)
+
+    threading.Thread(target=run, name="imds-sts-fetch", daemon=True).start()
+    return await future
+
+
+def _set_result(future: asyncio.Future[T], result: T) -> None:
+    if not future.done():  # cancelled meanwhile: the rotator or the stop stopped waiting
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 _ONE_TRY = {"retries": {"mode": "standard", "total_max_attempts": 1}}
