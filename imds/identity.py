@@ -21,10 +21,7 @@ regional certificates; a simulator cannot, so users verify against the certifica
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from imds.errors import StartupError
+from imds.statedir import locked, replace_file, write_once
 
 KEY_FILE = "identity-key.pem"
 CERT_FILE = "identity-cert.pem"
@@ -102,52 +100,21 @@ def load_or_create(state_dir: str | Path) -> IdentitySigner:
     """
     The signer of this state directory: its key and certificate, created on first use.
 
-    Raises StartupError when the directory cannot be created or holds unusable files.
+    Created under the state directory's lock (imds.statedir), so servers starting at once
+    make one key and one certificate and all sign with the ones on disk.
+
+    Raises ConfigError when the directory is unsafe to trust (imds.statedir), StartupError
+    when it cannot be created or holds unusable files.
     """
     directory = Path(state_dir)
     try:
-        make_state_dir(directory)
-        key = _load_or_create_key(directory / KEY_FILE)
-        certificate = _load_or_create_certificate(directory / CERT_FILE, key)
+        with locked(directory):
+            key = _load_or_create_key(directory / KEY_FILE)
+            certificate = _load_or_create_certificate(directory / CERT_FILE, key)
     except OSError as exc:
         raise StartupError(f"state directory {str(directory)!r}: {exc.strerror or exc}") \
             from exc
     return IdentitySigner(key, certificate)
-
-
-def make_state_dir(directory: Path) -> None:
-    # Owner-only: it holds a private key.
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def write_once(path: Path, data: bytes, mode: int) -> bool:
-    """
-    Create `path` with `data` unless it already exists; False if another writer won.
-
-    The file appears complete or not at all (written aside, then hard-linked into place),
-    so two servers starting on one state directory never read half a key.
-    """
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            return False
-        except OSError:
-            # Filesystems without hard links (some container volume mounts): rename, which
-            # is still atomic, just not exclusive.
-            if path.exists():
-                return False
-            os.replace(temp, path)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
 
 
 def _load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
@@ -175,12 +142,11 @@ def _load_or_create_certificate(path: Path, key: rsa.RSAPrivateKey) -> x509.Cert
     certificate = _read_certificate(path)
     if certificate is not None and certificate.public_key() == key.public_key():
         return certificate
-    # Missing, unreadable or for another key (the key file was replaced): issue anew. The
-    # certificate is public, so replacing it in place is safe.
+    # Missing, unreadable or for another key (the key file was replaced): issue anew, under
+    # the state directory's lock. The certificate is public, so replacing it in place is
+    # safe.
     certificate = _self_signed(key)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    temp.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    os.replace(temp, path)
+    replace_file(path, certificate.public_bytes(serialization.Encoding.PEM))
     return certificate
 
 
