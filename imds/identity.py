@@ -15,13 +15,16 @@ What EC2 publishes and what we serve instead [D-06] [D-07] [D-08]:
 As on EC2, the PKCS #7 bodies carry no certificate (`-certfile` supplies it) and every
 body is base64 wrapped at 76 columns without a final newline [D-09]. AWS signs with its
 regional certificates; a simulator cannot, so users verify against the certificate that
-`imds identity-cert` prints (also written to `<state dir>/identity-cert.pem`).
+`imds identity-cert` prints (also written to `<state dir>/identity-cert.pem`). That
+certificate is a function of the key, so one lost and issued again is still the one that
+running servers sign with.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +40,10 @@ from imds.statedir import locked, replace_file, write_once
 KEY_FILE = "identity-key.pem"
 CERT_FILE = "identity-cert.pem"
 KEY_BITS = 2048
-# Long enough that a kept state directory never needs a new certificate in practice.
-CERT_DAYS = 3650
+# Fixed, so the certificate is a function of the key (`_self_signed`). Not after: RFC 5280
+# 4.1.2.5's "no well-defined expiration date", as a kept state directory never renews it.
+NOT_BEFORE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+NOT_AFTER = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
 
 # [D-07] EC2's pkcs7 has authenticated attributes but no certificates and no S/MIME
 # capabilities; Binary keeps the document's bytes as they are (no CRLF conversion), so
@@ -144,7 +149,8 @@ def _load_or_create_certificate(path: Path, key: rsa.RSAPrivateKey) -> x509.Cert
         return certificate
     # Missing, unreadable or for another key (the key file was replaced): issue anew, under
     # the state directory's lock. The certificate is public, so replacing it in place is
-    # safe.
+    # safe; and it is a function of the key alone (`_self_signed`), so a server that
+    # started before the file was lost signs with exactly the certificate written here.
     certificate = _self_signed(key)
     replace_file(path, certificate.public_bytes(serialization.Encoding.PEM))
     return certificate
@@ -158,20 +164,31 @@ def _read_certificate(path: Path) -> x509.Certificate | None:
 
 
 def _self_signed(key: rsa.RSAPrivateKey) -> x509.Certificate:
+    """
+    The key's certificate, the same bytes every time it is issued: the serial comes from
+    the key, the validity is fixed, and RSA PKCS #1 v1.5 signatures are deterministic.
+
+    PKCS #7 names its signer by issuer and serial [D-07], so a certificate issued again
+    (`imds identity-cert` after the file was deleted under a running server) must be the
+    very one running servers sign with, or their `pkcs7`/`rsa2048` stop verifying.
+    """
     # A recognisable name, never AWS's: nobody should mistake this for an AWS certificate.
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "imds local instance metadata service"),
         x509.NameAttribute(NameOID.COMMON_NAME, "imds instance identity"),
     ])
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    # RFC 5280 4.1.2.2: positive, at most 20 octets; 159 bits of the key's SHA-256.
+    serial = int.from_bytes(hashlib.sha256(public).digest()[:20], "big") >> 1 or 1
     return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+        .serial_number(serial)
+        .not_valid_before(NOT_BEFORE)
+        .not_valid_after(NOT_AFTER)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(digital_signature=True, content_commitment=False,
