@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
         try:
             signer = load_or_create(config.state_dir)
+        except ConfigError as exc:  # an unsafe state directory (imds.statedir)
+            print(f"imds: configuration error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         except StartupError as exc:
             print(f"imds: {exc}", file=sys.stderr)
             return EXIT_STARTUP
@@ -98,6 +101,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     logs.configure(config.log_level, config.log_format)
     try:
         _run(serve(config))
+    except ConfigError as exc:  # found at startup: an unsafe state directory (imds.statedir)
+        print(f"imds: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except StartupError as exc:
         print(f"imds: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -12,6 +12,7 @@ is on loopback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -24,7 +25,8 @@ from typing import Any
 
 from imds.config import CONTROL_PORT
 from imds.config.instance import default_state_dir
-from imds.errors import CtlError
+from imds.errors import ConfigError, CtlError
+from imds.instance import statedir
 from imds.lab.control import TOKEN_FILE, URL_FILE
 from imds.lab.faultspec import KINDS
 
@@ -110,9 +112,14 @@ def _read(path: Path) -> str:
 
 def client_from(args: argparse.Namespace, environ: Mapping[str, str]) -> ControlClient:
     state = Path(args.state_dir or environ.get("IMDS_STATE_DIR") or default_state_dir(environ))
-    url = (args.control_url or environ.get("IMDS_CONTROL_URL") or _read(state / URL_FILE)
-           or f"http://127.0.0.1:{CONTROL_PORT}")
-    token = args.control_token or environ.get("IMDS_CONTROL_TOKEN") or _read(state / TOKEN_FILE)
+    given_url = args.control_url or environ.get("IMDS_CONTROL_URL")
+    given_token = args.control_token or environ.get("IMDS_CONTROL_TOKEN")
+    if not (given_url and given_token) and state.exists():
+        # A URL planted there would receive our token; a planted token, our commands.
+        with contextlib.suppress(OSError):  # unreadable: the reads below find nothing
+            statedir.check(state)
+    url = given_url or _read(state / URL_FILE) or f"http://127.0.0.1:{CONTROL_PORT}"
+    token = given_token or _read(state / TOKEN_FILE)
     if not token:
         raise CtlError(f"no control token: give --control-token or IMDS_CONTROL_TOKEN, or "
                        f"point --state-dir at the server's ({state / TOKEN_FILE} is missing)")
@@ -167,6 +174,9 @@ def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except CtlError as exc:
         print(f"imds ctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except ConfigError as exc:  # an unsafe state directory (imds.statedir)
+        print(f"imds ctl: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if isinstance(result, str):
         text = result if result.endswith("\n") else result + "\n"
     elif args.json:

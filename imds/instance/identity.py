@@ -15,16 +15,16 @@ What EC2 publishes and what we serve instead [D-06] [D-07] [D-08]:
 As on EC2, the PKCS #7 bodies carry no certificate (`-certfile` supplies it) and every
 body is base64 wrapped at 76 columns without a final newline [D-09]. AWS signs with its
 regional certificates; a simulator cannot, so users verify against the certificate that
-`imds identity-cert` prints (also written to `<state dir>/identity-cert.pem`).
+`imds identity-cert` prints (also written to `<state dir>/identity-cert.pem`). That
+certificate is a function of the key, so one lost and issued again is still the one that
+running servers sign with.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
-import os
-import secrets
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +35,15 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from imds.errors import StartupError
+from imds.instance.statedir import locked, replace_file, write_once
 
 KEY_FILE = "identity-key.pem"
 CERT_FILE = "identity-cert.pem"
 KEY_BITS = 2048
-# Long enough that a kept state directory never needs a new certificate in practice.
-CERT_DAYS = 3650
+# Fixed, so the certificate is a function of the key (`_self_signed`). Not after: RFC 5280
+# 4.1.2.5's "no well-defined expiration date", as a kept state directory never renews it.
+NOT_BEFORE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+NOT_AFTER = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
 
 # [D-07] EC2's pkcs7 has authenticated attributes but no certificates and no S/MIME
 # capabilities; Binary keeps the document's bytes as they are (no CRLF conversion), so
@@ -102,52 +105,21 @@ def load_or_create(state_dir: str | Path) -> IdentitySigner:
     """
     The signer of this state directory: its key and certificate, created on first use.
 
-    Raises StartupError when the directory cannot be created or holds unusable files.
+    Created under the state directory's lock (imds.statedir), so servers starting at once
+    make one key and one certificate and all sign with the ones on disk.
+
+    Raises ConfigError when the directory is unsafe to trust (imds.statedir), StartupError
+    when it cannot be created or holds unusable files.
     """
     directory = Path(state_dir)
     try:
-        make_state_dir(directory)
-        key = _load_or_create_key(directory / KEY_FILE)
-        certificate = _load_or_create_certificate(directory / CERT_FILE, key)
+        with locked(directory):
+            key = _load_or_create_key(directory / KEY_FILE)
+            certificate = _load_or_create_certificate(directory / CERT_FILE, key)
     except OSError as exc:
         raise StartupError(f"state directory {str(directory)!r}: {exc.strerror or exc}") \
             from exc
     return IdentitySigner(key, certificate)
-
-
-def make_state_dir(directory: Path) -> None:
-    # Owner-only: it holds a private key.
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def write_once(path: Path, data: bytes, mode: int) -> bool:
-    """
-    Create `path` with `data` unless it already exists; False if another writer won.
-
-    The file appears complete or not at all (written aside, then hard-linked into place),
-    so two servers starting on one state directory never read half a key.
-    """
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            return False
-        except OSError:
-            # Filesystems without hard links (some container volume mounts): rename, which
-            # is still atomic, just not exclusive.
-            if path.exists():
-                return False
-            os.replace(temp, path)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
 
 
 def _load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
@@ -175,12 +147,12 @@ def _load_or_create_certificate(path: Path, key: rsa.RSAPrivateKey) -> x509.Cert
     certificate = _read_certificate(path)
     if certificate is not None and certificate.public_key() == key.public_key():
         return certificate
-    # Missing, unreadable or for another key (the key file was replaced): issue anew. The
-    # certificate is public, so replacing it in place is safe.
+    # Missing, unreadable or for another key (the key file was replaced): issue anew, under
+    # the state directory's lock. The certificate is public, so replacing it in place is
+    # safe; and it is a function of the key alone (`_self_signed`), so a server that
+    # started before the file was lost signs with exactly the certificate written here.
     certificate = _self_signed(key)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    temp.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    os.replace(temp, path)
+    replace_file(path, certificate.public_bytes(serialization.Encoding.PEM))
     return certificate
 
 
@@ -192,20 +164,31 @@ def _read_certificate(path: Path) -> x509.Certificate | None:
 
 
 def _self_signed(key: rsa.RSAPrivateKey) -> x509.Certificate:
+    """
+    The key's certificate, the same bytes every time it is issued: the serial comes from
+    the key, the validity is fixed, and RSA PKCS #1 v1.5 signatures are deterministic.
+
+    PKCS #7 names its signer by issuer and serial [D-07], so a certificate issued again
+    (`imds identity-cert` after the file was deleted under a running server) must be the
+    very one running servers sign with, or their `pkcs7`/`rsa2048` stop verifying.
+    """
     # A recognisable name, never AWS's: nobody should mistake this for an AWS certificate.
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "imds local instance metadata service"),
         x509.NameAttribute(NameOID.COMMON_NAME, "imds instance identity"),
     ])
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    # RFC 5280 4.1.2.2: positive, at most 20 octets; 159 bits of the key's SHA-256.
+    serial = int.from_bytes(hashlib.sha256(public).digest()[:20], "big") >> 1 or 1
     return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+        .serial_number(serial)
+        .not_valid_before(NOT_BEFORE)
+        .not_valid_after(NOT_AFTER)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(digital_signature=True, content_commitment=False,

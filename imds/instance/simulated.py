@@ -29,7 +29,7 @@ from imds.ec2.tree import Directory, Leaf, leaf
 from imds.ec2.wire import OCTET_STREAM, VERSIONS, from_epoch, iso8601
 from imds.errors import StartupError
 from imds.instance.documents import events_document, identity_document, spot_action_document
-from imds.instance.identity import IdentitySigner, load_or_create, make_state_dir, write_once
+from imds.instance.identity import IdentitySigner, load_or_create
 from imds.instance.network import (
     Interface,
     interfaces,
@@ -38,6 +38,7 @@ from imds.instance.network import (
     stable_hex,
     zone_id,
 )
+from imds.instance.statedir import locked, write_once
 
 __all__ = ["SimulatedInstance", "build_tree", "credential_tree", "identity_document",
            "local_hostname", "resolve", "zone_id"]
@@ -57,18 +58,18 @@ def resolve(config: Config) -> Config:
     """
     if config.instance_id:
         return config
-    directory = Path(config.state_dir)
     new = "i-0" + secrets.token_hex(8)
     try:
-        make_state_dir(directory)
-        write_once(directory / INSTANCE_ID_FILE, new.encode("ascii"), 0o644)
+        # Locked and checked (imds.statedir): servers starting at once keep one id.
+        with locked(config.state_dir) as directory:
+            write_once(directory / INSTANCE_ID_FILE, new.encode("ascii"), 0o644)
     except OSError as exc:
         raise StartupError(f"state directory {config.state_dir!r}: {exc.strerror or exc}") \
             from exc
     saved = saved_instance_id(config.state_dir)
     if not saved:
-        raise StartupError(f"{directory / INSTANCE_ID_FILE} does not hold an instance id; "
-                           "delete it to get a new one")
+        raise StartupError(f"{Path(config.state_dir) / INSTANCE_ID_FILE} does not hold an "
+                           "instance id; delete it to get a new one")
     return dataclasses.replace(config, instance_id=saved)
 
 

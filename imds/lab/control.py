@@ -28,7 +28,6 @@ import importlib.resources
 import json
 import logging
 import math
-import os
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,9 +39,10 @@ from aiohttp.http import HttpProcessingError
 
 from imds.config import Config
 from imds.errors import FaultError, LabError, StartupError
+from imds.instance.statedir import locked, replace_file, write_once
 from imds.lab import metrics
-from imds.lab.lab import Lab
 from imds.lab.faultspec import FaultSpec
+from imds.lab.lab import Lab
 from imds.logs import Throttle, printable
 from imds.shutdown import GRACE
 
@@ -77,19 +77,17 @@ def load_or_create_token(state_dir: str) -> str:
     """
     The control token kept in the state directory, created (mode 0600) on first use, so
     `imds ctl` finds it and it survives restarts.
+
+    Raises ConfigError when the state directory is unsafe to trust (imds.statedir).
     """
-    directory = Path(state_dir)
-    path = directory / TOKEN_FILE
+    path = Path(state_dir) / TOKEN_FILE
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                handle.write(new_token())
-        token = path.read_text(encoding="ascii").strip()
+        # Checked and locked (imds.statedir): a token another user planted is refused, and
+        # servers starting at once all use the one token on disk.
+        with locked(state_dir):
+            if not path.exists():
+                write_once(path, new_token().encode("ascii"), 0o600)
+            token = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise StartupError(f"control token {str(path)!r}: {exc}") from exc
     if not token:
@@ -100,10 +98,8 @@ def load_or_create_token(state_dir: str) -> str:
 def write_url(state_dir: str, url: str) -> None:
     """Publish where the control API listens, for `imds ctl` (written aside, then moved)."""
     path = Path(state_dir) / URL_FILE
-    temp = path.with_name(f".{URL_FILE}.{secrets.token_hex(4)}")
     try:
-        temp.write_text(url + "\n", encoding="ascii")
-        temp.replace(path)
+        replace_file(path, (url + "\n").encode("ascii"))
     except OSError as exc:
         # Not fatal: `imds ctl --control-url` still reaches the server.
         log.warning("could not publish the control URL in %s: %s", path, exc.strerror or exc)

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from imds.lab.faultspec import KINDS, FaultSpec
 
 from imds.errors import FaultError
+from imds.lab.faultspec import KINDS, FaultSpec
 from imds.server import Running, ServerThread
 from tests.conftest import make_config
 from tests.http.test_fuzz import FUZZ, serves_normally

@@ -17,11 +17,11 @@ import time
 from typing import Any
 
 import pytest
-from imds.lab.faultspec import FaultSpec
 
 from imds.http.aioserver import CappedServer
 from imds.http.fastpath import KEPT_MAX
 from imds.lab import metrics
+from imds.lab.faultspec import FaultSpec
 from imds.server import Running
 from tests.conftest import ServerFactory
 from tests.support.polling import just_after_a_second_turns

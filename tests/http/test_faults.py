@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from imds.lab.faultspec import FaultSpec
 
 from imds.errors import FaultError
 from imds.lab.faults import credential_path
+from imds.lab.faultspec import FaultSpec
 from imds.server import Running
 from tests.conftest import ServerFactory
 from tests.support import rawhttp
