@@ -124,7 +124,8 @@ def main() -> None:
         print(f"  --role-arn (moto)  {summary(sts)}")
 
         os.environ.update(FAKE_BASE_KEYS)
-        from imds.creds.sources.sts import AssumeRoleSettings, AssumeRoleSource
+        from imds.creds.sources.sts import AssumeRoleSource
+        from imds.creds.sources.sts_request import AssumeRoleSettings
 
         source = AssumeRoleSource(AssumeRoleSettings(role_arns=(ROLE,), session_name="bench",
                                                      endpoint_url=sts_url))

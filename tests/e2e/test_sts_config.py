@@ -16,7 +16,8 @@ from imds import cli
 from imds.config import Config, load
 from imds.config.sts import sanitise_session_name
 from imds.creds.sources import LocalSource
-from imds.creds.sources.sts import AssumeRoleSettings, AssumeRoleSource
+from imds.creds.sources.sts import AssumeRoleSource
+from imds.creds.sources.sts_request import AssumeRoleSettings
 from imds.errors import ConfigError
 from imds.server import build_source
 

@@ -8,7 +8,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from imds.creds.sources.sts import AssumeRoleSettings, AssumeRoleSource
+from imds.creds.sources.sts import AssumeRoleSource
+from imds.creds.sources.sts_request import AssumeRoleSettings
 from tests.conftest import ServerFactory
 from tests.support.labutil import ControlAPI
 from tests.support.sts_support import BASE_KEY_ID, BASE_SECRET, StsProxy

@@ -25,7 +25,8 @@ import boto3
 import pytest
 
 from imds.config import load
-from imds.creds.sources.sts import AssumeRoleSettings, AssumeRoleSource, trusts_ec2
+from imds.creds.sources.sts import AssumeRoleSource, trusts_ec2
+from imds.creds.sources.sts_request import AssumeRoleSettings
 from imds.errors import SourceError, StartupError
 from imds.server import Running, start
 from tests.conftest import ServerFactory, make_config

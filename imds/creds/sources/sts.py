@@ -9,6 +9,8 @@ credentials stay inside botocore, which keeps them in memory only.
 
 boto3 is blocking and slow to import, so it is imported on first use and every fetch runs
 in a daemon thread of its own (`in_daemon_thread`); the embedded default never imports it.
+What to ask STS for is imds.creds.sources.sts_request; how a failure is explained to the
+user, imds.creds.sources.sts_errors.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from imds.config import sts
 from imds.creds.model import Credentials
 from imds.creds.sources.base import RoleIdentity
+from imds.creds.sources.sts_errors import explain, short
+from imds.creds.sources.sts_request import AssumeRoleSettings
 from imds.ec2.ids import instance_profile_id
-from imds.errors import SourceError, StartupError
+from imds.errors import SourceError
 
 if TYPE_CHECKING:
     from imds.config import Config
@@ -45,29 +48,6 @@ T = TypeVar("T")
 # spelling, which IAM still accepts there).
 EC2_PRINCIPALS = frozenset({"ec2.amazonaws.com", "ec2.amazonaws.com.cn"})
 
-# Codes STS answers when trying again later can help (besides any 5xx).
-_TRANSIENT_CODES = frozenset({
-    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
-    "RequestThrottled", "ServiceUnavailable", "InternalFailure", "InternalError",
-    "IDPCommunicationError", "RequestTimeout", "RequestTimeoutException",
-})
-_BAD_BASE_CODES = frozenset({
-    "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
-    "IncompleteSignature", "MissingAuthenticationToken", "InvalidAccessKeyId",
-})
-_EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
-
-NO_CREDENTIALS = (
-    "no AWS credentials were found to call sts:AssumeRole with. imds uses boto3's standard "
-    "chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in the "
-    "environment, or a profile from ~/.aws/config and ~/.aws/credentials chosen with "
-    "--profile or AWS_PROFILE (keys, sso_session after `aws sso login`, credential_process, "
-    "role_arn with source_profile or credential_source); instance metadata is deliberately "
-    "not consulted, since that would be this service itself. Run `aws sts "
-    "get-caller-identity` in the same shell to check what boto3 will find."
-)
-
-
 def _version() -> str:
     # From the installed distribution, not `imds.__version__`: the package root re-exports
     # the server, which a credential source must not import (README, "Where things are").
@@ -75,57 +55,6 @@ def _version() -> str:
         return importlib.metadata.version("imds")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class AssumeRoleSettings:
-    """What to ask STS for; validated by `imds.config` (see `imds.config.sts`)."""
-
-    role_arns: tuple[str, ...]
-    session_name: str
-    duration: int = 3600
-    external_id: str = ""
-    # The session policy, minified JSON.
-    policy: str = ""
-    policy_arns: tuple[str, ...] = ()
-    tags: tuple[tuple[str, str], ...] = ()
-    source_identity: str = ""
-    profile: str = ""
-    region: str = "us-east-1"
-    endpoint_url: str = ""
-    check_trust: bool = False
-
-    @classmethod
-    def from_config(cls, config: Config) -> AssumeRoleSettings:
-        try:
-            policy = sts.read_policy(config.policy_file) if config.policy_file else ""
-        except ValueError as exc:
-            raise StartupError(f"policy_file: {exc}") from None
-        return cls(
-            role_arns=config.role_arn,
-            session_name=config.role_session_name or sts.default_session_name(),
-            duration=config.duration,
-            external_id=config.external_id,
-            policy=policy,
-            policy_arns=config.policy_arn,
-            tags=sts.parse_tags(config.session_tag),
-            source_identity=config.source_identity,
-            profile=config.profile,
-            region=config.region,
-            endpoint_url=config.sts_endpoint_url,
-            check_trust=config.check_trust,
-        )
-
-    @property
-    def chained(self) -> bool:
-        return len(self.role_arns) > 1
-
-    @property
-    def effective_duration(self) -> int:
-        # AWS refuses more than one hour for a session assumed with role credentials.
-        if self.chained:
-            return min(self.duration, sts.CHAINED_DURATION_MAX)
-        return self.duration
 
 
 class AssumeRoleSource:
@@ -212,7 +141,8 @@ class AssumeRoleSource:
             except Exception as exc:
                 # Whatever went wrong, the rotator must see a SourceError: anything else
                 # would end its background task and with it all future rotations.
-                raise self._translate(exc, self.settings.role_arns[0], "") from exc
+                raise explain(exc, self.settings.role_arns[0], "", self.settings,
+                              self._endpoint) from exc
 
     def _assume_chain(self) -> Credentials:
         client = self._base_client()
@@ -225,7 +155,7 @@ class AssumeRoleSource:
                     client = self._client_with(response["Credentials"])
                 response = client.assume_role(**self._request(index))
             except Exception as exc:
-                raise self._translate(exc, arn, previous) from exc
+                raise explain(exc, arn, previous, self.settings, self._endpoint) from exc
         creds = self._credentials(response)
         self.assumed_arn = response.get("AssumedRoleUser", {}).get("Arn", "")
         log.debug("assumed %s: key %s until %s", self.assumed_arn or arns[-1],
@@ -331,105 +261,6 @@ class AssumeRoleSource:
             issued=issued,
         )
 
-    # ------------------------------------------------------------------ errors
-
-    def _translate(self, exc: BaseException, arn: str, previous: str) -> SourceError:
-        """A botocore failure as a one-paragraph SourceError a user can act on."""
-        from botocore import exceptions as bce
-
-        caller = (f"with the session of {previous}" if previous
-                  else "with your base credentials")
-        profile = f" --profile {self.settings.profile}" if self.settings.profile else ""
-        if isinstance(exc, bce.NoCredentialsError):
-            return SourceError(NO_CREDENTIALS)
-        if isinstance(exc, bce.ProfileNotFound):
-            return SourceError(
-                f"the AWS profile {self.settings.profile or exc.kwargs.get('profile')!r} is "
-                "not defined in the AWS config or credentials file (AWS_CONFIG_FILE, "
-                "AWS_SHARED_CREDENTIALS_FILE, ~/.aws/); check --profile and AWS_PROFILE, or "
-                "`aws configure list-profiles`"
-            )
-        if isinstance(exc, bce.SSOError | bce.TokenRetrievalError):
-            return SourceError(
-                f"your base credentials come from AWS SSO and its session is missing or "
-                f"expired ({exc}); run `aws sso login{profile}`, then imds picks it up by itself"
-            )
-        if isinstance(exc, bce.PartialCredentialsError | bce.InvalidConfigError):
-            return SourceError(f"the AWS credentials configuration is incomplete: {exc}")
-        if isinstance(exc, bce.CredentialRetrievalError):
-            return SourceError(f"could not get your base credentials: {exc}")
-        if isinstance(exc, bce.EndpointConnectionError | bce.HTTPClientError
-                      | bce.ConnectionError):
-            return SourceError(
-                f"cannot reach STS at {self._endpoint} ({exc}); check the network (and "
-                f"HTTPS_PROXY), --region {self.settings.region}, or --sts-endpoint-url"
-            )
-        if isinstance(exc, bce.ParamValidationError):
-            return SourceError(f"STS parameters rejected before sending: {exc}")
-        if isinstance(exc, bce.ClientError):
-            return self._translate_client_error(exc, arn, caller, profile)
-        if isinstance(exc, bce.BotoCoreError):
-            return SourceError(f"sts:AssumeRole of {arn} failed: {exc}")
-        if isinstance(exc, ImportError):
-            return SourceError(f"boto3 is needed for --role-arn: {exc}")
-        return SourceError(f"sts:AssumeRole of {arn} failed: {type(exc).__name__}: {exc}")
-
-    def _translate_client_error(
-        self, exc: Any, arn: str, caller: str, profile: str
-    ) -> SourceError:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        message = str(error.get("Message", "")).strip().rstrip(".")
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        said = f"{code}: {message}" if message else code
-        if code == "AccessDenied":
-            hints = []
-            if self.settings.external_id and not caller.startswith("with the session"):
-                hints.append("if the trust policy asks for sts:ExternalId, check --external-id")
-            if self.settings.tags:
-                hints.append("session tags also need sts:TagSession in the trust policy")
-            if self.settings.source_identity:
-                hints.append("a source identity also needs sts:SetSourceIdentity there")
-            extra = f" ({'; '.join(hints)})" if hints else ""
-            return SourceError(
-                f"STS denied sts:AssumeRole of {arn} {caller} ({said}). The role's trust "
-                f"policy must allow this caller as a principal, and the caller's own "
-                f"policies must allow sts:AssumeRole on the role{extra}. For the role to "
-                f"work as an instance profile on EC2 too, its trust policy should also "
-                f"allow the service principal ec2.amazonaws.com (--check-trust reports it)."
-            )
-        if code in _BAD_BASE_CODES:
-            return SourceError(
-                f"STS does not accept the credentials used {caller} ({said}): they are "
-                f"wrong, deactivated or for another partition; check `aws sts "
-                f"get-caller-identity{profile}`"
-            )
-        if code in _EXPIRED_CODES:
-            return SourceError(
-                f"the credentials used {caller} have expired ({said}); refresh them (for "
-                f"SSO: `aws sso login{profile}`)"
-            )
-        if code == "RegionDisabledException":
-            return SourceError(
-                f"STS is not activated in region {self.settings.region} ({said}); activate "
-                f"it in the IAM account settings or choose another --region"
-            )
-        if code == "ValidationError" and "DurationSeconds" in message:
-            return SourceError(
-                f"STS refused the session duration for {arn} ({said}). --duration may not "
-                f"exceed the role's MaxSessionDuration, and sessions assumed with role "
-                f"credentials (chains, or a profile that is itself a role) at most 3600"
-            )
-        if code in ("MalformedPolicyDocument", "MalformedPolicyDocumentException",
-                    "PackedPolicyTooLarge", "PackedPolicyTooLargeException"):
-            return SourceError(
-                f"STS rejected the session policy or tags for {arn} ({said}); check "
-                f"--policy-file, --policy-arn and --session-tag"
-            )
-        if code in _TRANSIENT_CODES or status >= 500:
-            return SourceError(f"STS could not serve sts:AssumeRole of {arn} now ({said})")
-        return SourceError(f"STS refused sts:AssumeRole of {arn} {caller} ({said})")
-
     # ------------------------------------------------------------------ --check-trust
 
     def _check_trust(self, creds: Mapping[str, Any]) -> None:
@@ -448,7 +279,7 @@ class AssumeRoleSource:
                 document = make().get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]
                 trusted = trusts_ec2(document)
             except Exception as exc:  # any failure only means "cannot tell"
-                failures.append(f"{who}: {_short(exc)}")
+                failures.append(f"{who}: {short(exc)}")
                 continue
             if trusted:
                 log.info("--check-trust: role %s trusts ec2.amazonaws.com", name)
@@ -503,13 +334,6 @@ def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
 
 
 _ONE_TRY = {"retries": {"mode": "standard", "total_max_attempts": 1}}
-
-
-def _short(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict) and "Error" in response:
-        return str(response["Error"].get("Code", type(exc).__name__))
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _as_list(value: Any) -> list[Any]:
