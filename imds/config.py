@@ -21,7 +21,7 @@ from imds import instance_settings as inst
 from imds import sts_settings as sts
 from imds.errors import ConfigError
 from imds.hoplimit import HOP_LIMIT_MAX, HOP_LIMIT_MIN
-from imds.listen import Endpoint, parse_endpoint
+from imds.listen import Endpoint, parse_endpoint, parse_host
 from imds.netguard import parse_host_name, parse_network
 from imds.protocol import TTL_MAX
 
@@ -230,7 +230,7 @@ _EXTERNAL_ID = _pattern(r"[\w+=,.@:/-]{2,1224}",
                         "2-1224 characters of letters, digits and +=,.@:/_-", re.ASCII)
 
 OPTIONS: tuple[Option, ...] = (
-    Option("host", _text, "address to listen on", "ADDR"),
+    Option("host", parse_host, "address to listen on", "ADDR"),
     Option("port", _int_range(0, 65535), "port to listen on; 0 picks a free one", "PORT"),
     Option("listen", parse_endpoint,
            "listen on ADDR[:PORT] or [IPv6][:PORT] instead of --host; repeatable, e.g. "
@@ -379,7 +379,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("control", _bool,
            "serve the control API, /metrics and the timeline page on their own listener",
            "BOOL"),
-    Option("control_host", _text, "address of the control listener", "ADDR"),
+    Option("control_host", parse_host, "address of the control listener", "ADDR"),
     Option("control_port", _int_range(0, 65535),
            f"port of the control listener (default {CONTROL_PORT}, or a free one with "
            "--port 0); 0 picks a free one", "PORT"),

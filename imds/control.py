@@ -41,6 +41,7 @@ from imds.config import Config
 from imds.errors import StartupError
 from imds.faults import FaultError, FaultSpec
 from imds.lab import Lab, LabError
+from imds.listen import bind_error
 
 log = logging.getLogger("imds.control")
 
@@ -289,10 +290,10 @@ async def start_control(config: Config, lab: Lab, token: str) -> Control:
     site = web.TCPSite(runner, config.control_host, config.control_port, reuse_address=True)
     try:
         await site.start()
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: as in imds.listen.start_sites
         await runner.cleanup()
         raise StartupError(f"control API: cannot listen on {config.control_host}:"
-                           f"{config.control_port}: {exc.strerror or exc}") from exc
+                           f"{config.control_port}: {bind_error(exc)}") from exc
     host, port = runner.addresses[0][:2]
     shown = f"[{host}]" if ":" in host else host
     return Control(runner, f"http://{shown}:{port}", token)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,13 +18,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from imds.errors import StartupError
+from imds.netguard import dns_name_problem
 
 # [N-01] EC2's own endpoints, which the Host check also knows by heart.
 IPV4_ENDPOINT = "169.254.169.254"
 IPV6_ENDPOINT = "fd00:ec2::254"
-
-_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
-
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -45,14 +42,21 @@ class Endpoint:
         return f"http://{Endpoint(self.host, port if port is not None else self.port)}"
 
 
-def _host(raw: str) -> str:
+def parse_host(raw: str) -> str:
+    """
+    An address to listen on (`--host`, `--control-host`, the host of `--listen`): an IP
+    address, or a host name the resolver can take (imds.netguard.dns_name_problem), checked
+    here so that a bad one is a setting error, never an exception from getaddrinfo.
+    """
+    text = str(raw).strip()
     try:
-        return str(ipaddress.ip_address(raw))
+        return str(ipaddress.ip_address(text))
     except ValueError:
         pass
-    if _NAME.fullmatch(raw):
-        return raw.lower()
-    raise ValueError(f"expected an IP address or host name, got {raw!r}")
+    problem = dns_name_problem(text)
+    if problem:
+        raise ValueError(f"expected an IP address or host name, got {raw!r} ({problem})")
+    return text.lower()
 
 
 def _port(raw: str) -> int:
@@ -82,7 +86,7 @@ def parse_endpoint(raw: str) -> Endpoint:
         except ValueError:
             raise ValueError(f"expected ADDR[:PORT] or [IPv6][:PORT], got {raw!r}") from None
     host, sep, port = text.partition(":")
-    return Endpoint(_host(host), _port(port) if sep else None)
+    return Endpoint(parse_host(host), _port(port) if sep else None)
 
 
 def urls(runner: web.AppRunner) -> list[str]:
@@ -95,6 +99,13 @@ def endpoints(listen: tuple[Endpoint, ...], host: str, port: int) -> tuple[Endpo
     if not listen:
         return (Endpoint(host, port),)
     return tuple(endpoint.with_port(port) for endpoint in listen)
+
+
+def bind_error(exc: OSError | UnicodeError) -> str:
+    """Why binding failed, in one line: the OS's reason, or the IDNA codec's for a name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 # A site for host:port, not started yet (imds.httpd.Runner.site).
@@ -125,11 +136,15 @@ async def start_sites(
                 try:
                     await site.start()
                     break
-                except OSError as exc:
+                except (OSError, UnicodeError) as exc:
+                    # UnicodeError: getaddrinfo's IDNA encoding refused the name. The
+                    # configuration checks names (parse_host); this keeps any that slips
+                    # past (a Config built by hand) a startup error, not a traceback.
                     await site.stop()  # unregisters the unbound site from the runner
-                    if exc.errno != errno.EADDRNOTAVAIL or time.monotonic() >= deadline:
+                    not_yet = isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL
+                    if not not_yet or time.monotonic() >= deadline:
                         raise StartupError(f"cannot listen on {endpoint}: "
-                                           f"{exc.strerror or exc}") from exc
+                                           f"{bind_error(exc)}") from exc
                     await asyncio.sleep(0.2)
             sites.append(site)
     except BaseException:
