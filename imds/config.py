@@ -127,17 +127,25 @@ class Config:
 # ---------------------------------------------------------------------------- parsers
 
 
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+@dataclass(frozen=True, slots=True)
+class _IntRange:
+    """A whole number in low..high (a class, so the TOML check knows it wants an integer)."""
+
+    low: int
+    high: int
+
+    def __call__(self, raw: str) -> int:
         try:
             value = int(raw)
         except ValueError:
             raise ValueError(f"expected a whole number, got {raw!r}") from None
-        if not low <= value <= high:
-            raise ValueError(f"expected {low}..{high}, got {value}")
+        if not self.low <= value <= self.high:
+            raise ValueError(f"expected {self.low}..{self.high}, got {value}")
         return value
 
-    return parse
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    return _IntRange(low, high)
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -181,6 +189,13 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _path(raw: str) -> str:
+    """A file or directory path: any text the OS takes as one (so no NUL; TOML allows it)."""
+    if "\0" in raw:
+        raise ValueError(f"expected a path, got {raw!r} (it has a NUL character)")
+    return raw
+
+
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """An empty value means "not set" (e.g. `IMDS_PUBLIC_IP=` for no public address)."""
 
@@ -205,11 +220,20 @@ class Option:
     pairs: bool = False
     # `imds config` shows only the size (user data often carries secrets).
     masked: bool = False
+    # A TOML table gives one item as its fields (`[[network_interfaces]]`).
+    table: bool = False
 
     @property
     def is_flag(self) -> bool:
         """A true/false setting: `--flag` alone means true."""
         return self.parse is _bool
+
+    @property
+    def toml_type(self) -> str:
+        """The TOML type of one value of this setting (a string is always accepted too)."""
+        if self.is_flag:
+            return "boolean"
+        return "integer" if isinstance(self.parse, _IntRange) else "string"
 
     @property
     def flag(self) -> str:
@@ -238,7 +262,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("hop_limit", _int_range(HOP_LIMIT_MIN, HOP_LIMIT_MAX),
            "IP TTL / IPv6 hop limit of the token response, as EC2's "
            "HttpPutResponseHopLimit (1..64)", "N"),
-    Option("role_map", _text,
+    Option("role_map", _path,
            "TOML file mapping client addresses or CIDRs to role names or ARNs", "FILE"),
     Option("allow_client", parse_network,
            "serve only callers in this network (403 to others); repeatable", "CIDR",
@@ -331,7 +355,7 @@ OPTIONS: tuple[Option, ...] = (
            "security group name; repeat for several", "NAME", repeated=True),
     Option("network_interfaces", inst.interface,
            "an extra interface: mac=…,private-ip=…[,public-ip=…][,ipv6=…]; repeatable",
-           "SPEC", repeated=True),
+           "SPEC", repeated=True, table=True),
     Option("key_name", _pattern(r"[\x20-\x7e]{1,255}", "a key pair name"),
            "key pair name shown in public-keys/", "NAME"),
     Option("public_key", inst.openssh_key,
@@ -341,16 +365,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("instance_metadata_tags", _bool,
            "expose tags under meta-data/tags/instance (EC2 default: off)", "BOOL"),
     Option("user_data", _text, "user data, inline text", "TEXT", masked=True),
-    Option("user_data_file", _text, "user data read (as bytes) from this file at startup",
+    Option("user_data_file", _path, "user data read (as bytes) from this file at startup",
            "FILE"),
     Option("spot_instance_action", inst.spot_action,
            "pending Spot interruption: terminate|stop|hibernate[@TIME]", "ACTION[@TIME]"),
     Option("maintenance_events", inst.maintenance_event,
            "a maintenance event CODE[,state=…][,not-before=TIME][,not-after=TIME]; repeatable",
-           "EVENT", repeated=True),
+           "EVENT", repeated=True, table=True),
     Option("extended_credentials", _bool,
            "also serve iam/security-credentials-extended/ with AccountId", "BOOL"),
-    Option("state_dir", _text,
+    Option("state_dir", _path,
            "directory for the identity key, certificate and instance id "
            "(default: $XDG_STATE_HOME/imds or ~/.local/state/imds)", "DIR"),
     Option("log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
@@ -417,20 +441,91 @@ def _coerce(option: Option, value: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: {exc}") from None
 
 
+def _toml_type(value: Any) -> str:
+    """The TOML type of a value tomllib returned, as the TOML spec names it."""
+    if isinstance(value, bool):
+        return "boolean"
+    for kind, name in ((int, "integer"), (float, "float"), (str, "string"), (list, "array"),
+                       (dict, "table")):
+        if isinstance(value, kind):
+            return name
+    return "date-time"
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
+def _toml_field(value: Any, where: str) -> str:
+    """A field of a table (a tag's value, an interface's mac): any TOML scalar, as text."""
+    if isinstance(value, list | dict):
+        raise ValueError(f"{where}: expected a string, got {_a(_toml_type(value))}")
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _toml_item(option: Option, value: Any, where: str = "") -> str | dict[str, str]:
+    """
+    One value of `option` from TOML as a flag would give it: text, or for a setting that
+    takes tables (`[[network_interfaces]]`) the table's fields as text. A string is always
+    accepted, as in an `IMDS_*` variable; otherwise the TOML type must be the setting's
+    (an integer also stands for its digits in a string setting, e.g. an account id).
+    Raises ValueError naming the expected and the given type, never echoing the value
+    (it may be a masked one).
+    """
+    wanted = option.toml_type
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        if wanted == "boolean":
+            return str(value).lower()
+    elif isinstance(value, int):
+        if wanted != "boolean":
+            return str(value)
+    elif isinstance(value, dict) and option.table:
+        return {str(key): _toml_field(item, f"{where}{key}") for key, item in value.items()}
+    expected = _a(wanted) + (" or a table" if option.table else "")
+    raise ValueError(f"{where}expected {expected}, got {_a(_toml_type(value))}")
+
+
+def _from_toml(option: Option, value: Any) -> Any:
+    """A TOML value of `option`, type-checked, in the form `_coerce` takes from a flag."""
+    if not option.repeated:
+        return _toml_item(option, value)
+    if isinstance(value, dict) and option.pairs:
+        return [f"{key}={_toml_field(item, str(key))}" for key, item in value.items()]
+    if isinstance(value, list):
+        return [_toml_item(option, item, f"item {index}: ")
+                for index, item in enumerate(value, start=1)]
+    return [_toml_item(option, value)]
+
+
 def _env_items(raw: str) -> list[str]:
     """A repeatable setting in one variable: items separated by newlines or `;`."""
     return [item.strip() for item in re.split(r"[;\n]", raw) if item.strip()]
 
 
-def read_file(path: str) -> dict[str, Any]:
-    """Read a TOML config file; keys may be spelled with `-` or `_`."""
+def read_file(path: str, origin: str = "--config") -> dict[str, Any]:
+    """
+    Read a TOML config file; keys may be spelled with `-` or `_`. Every way it can fail is
+    a ConfigError naming `origin` (the flag or variable that named the file).
+    """
+    where = f"{origin}: config file {path!r}"
     try:
         with Path(path).open("rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path!r} does not exist") from None
+        raise ConfigError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a directory; give a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        # tomllib decodes the bytes as UTF-8 before parsing: binary content lands here.
+        raise ConfigError(f"{where} is not UTF-8 text (TOML files are UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
     return {key.replace("-", "_"): value for key, value in data.items()}
 
 
@@ -453,11 +548,16 @@ def load(
 
     path = config_file or env.get(ENV_PREFIX + "CONFIG") or ""
     if path:
-        for key, value in read_file(path).items():
+        for key, value in read_file(path, "--config" if config_file else "IMDS_CONFIG").items():
             option = _BY_KEY.get(key)
             if option is None:
                 raise ConfigError(f"config file {path!r}: unknown setting {key!r}")
-            values[key] = _coerce(option, value, f"config file {path!r}, {key}")
+            origin = f"config file {path!r}, {key}"
+            try:
+                given = _from_toml(option, value)
+            except ValueError as exc:
+                raise ConfigError(f"{origin}: {exc}") from None
+            values[key] = _coerce(option, given, origin)
 
     for option in OPTIONS:
         if option.env in env:

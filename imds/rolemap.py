@@ -112,16 +112,21 @@ def parse(data: Mapping[str, Any], origin: str) -> RoleMap:
 
 
 def read(path: str) -> RoleMap:
+    # Messages start with the setting's key, as the other file settings' do.
+    where = f"role_map {path!r}"
     try:
         with Path(path).open("rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"role map {path!r} does not exist") from None
+        raise ConfigError(f"{where} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"role map {path!r}: {exc.strerror}") from None
+        raise ConfigError(f"{where}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        # tomllib decodes the bytes as UTF-8 before parsing: binary content lands here.
+        raise ConfigError(f"{where} is not UTF-8 text (TOML files are UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"role map {path!r} is not valid TOML: {exc}") from None
-    return parse(data, f"role map {path!r}")
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    return parse(data, where)
 
 
 def config_for_role(config: Any, role: str) -> Any:
