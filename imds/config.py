@@ -244,8 +244,6 @@ class Option:
         return ENV_PREFIX + self.key.upper()
 
 
-# IAM role names: [\w+=,.@-]{1,64}.
-_ROLE_NAME = r"[\w+=,.@-]{1,64}"
 # RoleSessionName and SourceIdentity as STS checks them (AssumeRole API reference; \w is
 # ASCII there); ExternalId takes : and / too.
 _STS_NAME = _pattern(r"[\w+=,.@-]{2,64}", "2-64 characters of letters, digits and +=,.@_-",
@@ -276,7 +274,7 @@ OPTIONS: tuple[Option, ...] = (
         "required: IMDSv2 only (401 without a token); optional: IMDSv1 too",
         "MODE",
     ),
-    Option("role_name", _pattern(_ROLE_NAME, "an IAM role name"),
+    Option("role_name", sts.role_name,
            "role name to serve (ignored with --role-arn: the role's own name is served)",
            "NAME"),
     Option(

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imds import sts_settings as sts
 from imds.errors import ConfigError, SourceError, StartupError
 from imds.metadata import Directory
 from imds.netguard import IPNetwork, client_address
@@ -38,11 +38,6 @@ from imds.rotation import Rotator
 DEFAULT_ROLE = "default-role"
 NO_ROLE = "no-role"
 
-# IAM role names: [\w+=,.@-]{1,64}; role ARNs: arn:<partition>:iam::<account>:role/[path/]name.
-_ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
-_ROLE_ARN = re.compile(
-    r"arn:aws(?:-[a-z]+)*:iam::\d{12}:role/(?:[\x21-\x7e]+/)?[\w+=,.@-]{1,64}", re.ASCII
-)
 _CACHE_LIMIT = 4096
 
 
@@ -53,12 +48,12 @@ def is_arn(role: str) -> bool:
 def _role(value: Any, origin: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{origin}: expected a role name or role ARN, got {value!r}")
-    role = value.strip()
-    pattern = _ROLE_ARN if is_arn(role) else _ROLE_NAME
-    if not pattern.fullmatch(role):
+    # The same rules as --role-name and --role-arn (imds.sts_settings).
+    try:
+        return sts.role_arn(value) if is_arn(value.strip()) else sts.role_name(value)
+    except ValueError:
         raise ConfigError(f"{origin}: {value!r} is neither an IAM role name nor a role ARN "
-                          f"(arn:aws:iam::111122223333:role/name)")
-    return role
+                          f"(arn:aws:iam::111122223333:role/name)") from None
 
 
 @dataclass(frozen=True, slots=True)
