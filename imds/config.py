@@ -28,6 +28,8 @@ from imds.protocol import TTL_MAX
 ENV_PREFIX = "IMDS_"
 # Where the control API listens by default: next to the metadata service's 1338.
 CONTROL_PORT = 1339
+# The simulated instance's account when none is set and no role ARN names one.
+DEFAULT_ACCOUNT_ID = "123456789012"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +65,9 @@ class Config:
     profile: str = ""
     sts_endpoint_url: str = ""
     check_trust: bool = False
-    # The simulated instance [M-02] [M-03].
-    account_id: str = "123456789012"
+    # The simulated instance [M-02] [M-03]. "" (unset) until `finish()`: then the served
+    # role ARN's account, else DEFAULT_ACCOUNT_ID; a value that was set always stays.
+    account_id: str = ""
     region: str = "us-east-1"
     availability_zone: str = ""
     instance_id: str = ""
@@ -616,6 +619,7 @@ def finish(config: Config) -> Config:
                           f"number; got MACs {macs} and device numbers {devices}")
     if config.user_data and config.user_data_file:
         raise ConfigError("user_data and user_data_file are both set; give one")
+    changes["account_id"] = config.account_id or DEFAULT_ACCOUNT_ID
     changes.update(_sts_changes(config, map_arns))
     changes["user_data_bytes"] = _user_data(config)
     return dataclasses.replace(config, **changes)
@@ -638,11 +642,30 @@ def _sts_changes(config: Config, map_arns: tuple[str, ...] = ()) -> dict[str, An
     changes: dict[str, Any] = {}
     if not config.role_session_name:
         changes["role_session_name"] = sts.default_session_name()
-    if config.account_id == Config.__dataclass_fields__["account_id"].default:
+    if not config.account_id:
         # On EC2 an instance profile's role lives in the instance's account, so unless an
-        # account is asked for, the simulated instance belongs to the served role's.
+        # account is asked for (flag, variable or file), the simulated instance belongs to
+        # the served role's. One that is asked for wins: see `account_mismatch`.
         changes["account_id"] = sts.split_role_arn(config.role_arn[-1])[1]
     return changes
+
+
+def account_mismatch(config: Config) -> str:
+    """
+    A warning when the instance's account is not the served role's, else "".
+
+    EC2 never shows this (an instance profile holds a role of the instance's own account),
+    so it is more often a leftover or a typo than a wish; but it is allowed, for whoever
+    wants the identity document to show another account than the role's.
+    """
+    if not config.role_arn:
+        return ""
+    role_account = sts.split_role_arn(config.role_arn[-1])[1]
+    if config.account_id == role_account:
+        return ""
+    return (f"account_id {config.account_id} is not the account of the served role "
+            f"{config.role_arn[-1]} ({role_account}); the instance documents show "
+            f"{config.account_id}, the credentials belong to {role_account}")
 
 
 INSTANCE_ID_FILE = "instance-id"

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from imds import httpd, rolemap
 from imds.app import make_app
-from imds.config import Config
+from imds.config import Config, account_mismatch
 from imds.control import (
     Control,
     load_or_create_token,
@@ -84,6 +84,9 @@ async def start(
     """Fetch the first credentials, then bind and start accepting requests."""
     # The instance id is fixed (saved in the state directory) before anything uses it.
     config = resolve(config)
+    mismatch = account_mismatch(config)
+    if mismatch:
+        logging.getLogger("imds.server").warning("%s", mismatch)
     # The lab watches every source (simulated outages, fetch timing) and every rotator.
     lab = Lab(clock)
     source = lab.watch(source or build_source(config, clock))
