@@ -223,6 +223,8 @@ class Option:
     pairs: bool = False
     # `imds config` shows only the size (user data often carries secrets).
     masked: bool = False
+    # A URL: `imds config` shows a password in it as `****` (imds.sts_settings.mask_url).
+    url: bool = False
     # A TOML table gives one item as its fields (`[[network_interfaces]]`).
     table: bool = False
 
@@ -318,7 +320,7 @@ OPTIONS: tuple[Option, ...] = (
            "AWS profile whose credentials assume the role (default: the standard chain)",
            "NAME"),
     Option("sts_endpoint_url", sts.endpoint_url,
-           "STS endpoint (default: the region's; e.g. LocalStack or moto)", "URL"),
+           "STS endpoint (default: the region's; e.g. LocalStack or moto)", "URL", url=True),
     Option("check_trust", _bool,
            "at startup, read the role's trust policy and warn unless it trusts "
            "ec2.amazonaws.com", "BOOL"),
@@ -706,6 +708,8 @@ def describe(config: Config) -> list[tuple[str, str]]:
         value = getattr(config, option.key)
         if option.masked:
             shown = f"({len(value.encode())} bytes)" if value else ""
+        elif option.url:
+            shown = sts.mask_url(value)
         elif option.repeated:
             shown = "; ".join(str(item) for item in value)
         elif value is None:

@@ -101,8 +101,24 @@ def endpoint_url(raw: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"expected an http(s) URL like https://sts.eu-west-1.amazonaws.com, "
-                         f"got {raw!r}")
+                         f"got {mask_url(raw)!r}")
     return value
+
+
+def mask_url(url: str) -> str:
+    """
+    `url` with the password of its user info shown as `****` (`http://user:****@host/`),
+    for `imds config` and error messages. Never fails: a URL too broken for urlsplit is
+    cut the same way (the authority ends at the first `/`, `?` or `#`, as there).
+    """
+    head, sep, rest = url.partition("//")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{head}//{userinfo.partition(':')[0]}:****@{host}{rest[end:]}"
 
 
 def read_policy(path: str) -> str:
