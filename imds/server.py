@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from imds import shutdown
-from imds.config import Config
+from imds.config import Config, account_mismatch
 from imds.config.endpoints import endpoints
 from imds.config.rolemap import DEFAULT_ROLE
 from imds.config.rolemap import read as read_role_map
@@ -90,6 +91,9 @@ async def start(
     """Fetch the first credentials, then bind and start accepting requests."""
     # The instance id is fixed (saved in the state directory) before anything uses it.
     config = resolve(config)
+    mismatch = account_mismatch(config)
+    if mismatch:
+        logging.getLogger("imds.server").warning("%s", mismatch)
     # The lab watches every source (simulated outages, fetch timing) and every rotator.
     lab = Lab(clock)
     source = lab.watch(source or build_source(config, clock))

@@ -19,7 +19,7 @@ from typing import Any
 
 from imds.config import instance as inst
 from imds.config import sts
-from imds.config.endpoints import Endpoint, parse_endpoint
+from imds.config.endpoints import Endpoint, parse_endpoint, parse_host
 from imds.ec2.guard import parse_host_name, parse_network
 from imds.ec2.wire import HOP_LIMIT_MAX, HOP_LIMIT_MIN, TTL_MAX
 from imds.errors import ConfigError
@@ -27,6 +27,8 @@ from imds.errors import ConfigError
 ENV_PREFIX = "IMDS_"
 # Where the control API listens by default: next to the metadata service's 1338.
 CONTROL_PORT = 1339
+# The simulated instance's account when none is set and no role ARN names one.
+DEFAULT_ACCOUNT_ID = "123456789012"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +64,9 @@ class Config:
     profile: str = ""
     sts_endpoint_url: str = ""
     check_trust: bool = False
-    # The simulated instance [M-02] [M-03].
-    account_id: str = "123456789012"
+    # The simulated instance [M-02] [M-03]. "" (unset) until `finish()`: then the served
+    # role ARN's account, else DEFAULT_ACCOUNT_ID; a value that was set always stays.
+    account_id: str = ""
     region: str = "us-east-1"
     availability_zone: str = ""
     instance_id: str = ""
@@ -126,17 +129,25 @@ class Config:
 # ---------------------------------------------------------------------------- parsers
 
 
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+@dataclass(frozen=True, slots=True)
+class _IntRange:
+    """A whole number in low..high (a class, so the TOML check knows it wants an integer)."""
+
+    low: int
+    high: int
+
+    def __call__(self, raw: str) -> int:
         try:
             value = int(raw)
         except ValueError:
             raise ValueError(f"expected a whole number, got {raw!r}") from None
-        if not low <= value <= high:
-            raise ValueError(f"expected {low}..{high}, got {value}")
+        if not self.low <= value <= self.high:
+            raise ValueError(f"expected {self.low}..{self.high}, got {value}")
         return value
 
-    return parse
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    return _IntRange(low, high)
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -180,6 +191,13 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _path(raw: str) -> str:
+    """A file or directory path: any text the OS takes as one (so no NUL; TOML allows it)."""
+    if "\0" in raw:
+        raise ValueError(f"expected a path, got {raw!r} (it has a NUL character)")
+    return raw
+
+
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """An empty value means "not set" (e.g. `IMDS_PUBLIC_IP=` for no public address)."""
 
@@ -204,11 +222,22 @@ class Option:
     pairs: bool = False
     # `imds config` shows only the size (user data often carries secrets).
     masked: bool = False
+    # A URL: `imds config` shows a password in it as `****` (imds.sts_settings.mask_url).
+    url: bool = False
+    # A TOML table gives one item as its fields (`[[network_interfaces]]`).
+    table: bool = False
 
     @property
     def is_flag(self) -> bool:
         """A true/false setting: `--flag` alone means true."""
         return self.parse is _bool
+
+    @property
+    def toml_type(self) -> str:
+        """The TOML type of one value of this setting (a string is always accepted too)."""
+        if self.is_flag:
+            return "boolean"
+        return "integer" if isinstance(self.parse, _IntRange) else "string"
 
     @property
     def flag(self) -> str:
@@ -219,8 +248,6 @@ class Option:
         return ENV_PREFIX + self.key.upper()
 
 
-# IAM role names: [\w+=,.@-]{1,64}.
-_ROLE_NAME = r"[\w+=,.@-]{1,64}"
 # RoleSessionName and SourceIdentity as STS checks them (AssumeRole API reference; \w is
 # ASCII there); ExternalId takes : and / too.
 _STS_NAME = _pattern(r"[\w+=,.@-]{2,64}", "2-64 characters of letters, digits and +=,.@_-",
@@ -229,7 +256,7 @@ _EXTERNAL_ID = _pattern(r"[\w+=,.@:/-]{2,1224}",
                         "2-1224 characters of letters, digits and +=,.@:/_-", re.ASCII)
 
 OPTIONS: tuple[Option, ...] = (
-    Option("host", _text, "address to listen on", "ADDR"),
+    Option("host", parse_host, "address to listen on", "ADDR"),
     Option("port", _int_range(0, 65535), "port to listen on; 0 picks a free one", "PORT"),
     Option("listen", parse_endpoint,
            "listen on ADDR[:PORT] or [IPv6][:PORT] instead of --host; repeatable, e.g. "
@@ -237,7 +264,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("hop_limit", _int_range(HOP_LIMIT_MIN, HOP_LIMIT_MAX),
            "IP TTL / IPv6 hop limit of the token response, as EC2's "
            "HttpPutResponseHopLimit (1..64)", "N"),
-    Option("role_map", _text,
+    Option("role_map", _path,
            "TOML file mapping client addresses or CIDRs to role names or ARNs", "FILE"),
     Option("allow_client", parse_network,
            "serve only callers in this network (403 to others); repeatable", "CIDR",
@@ -251,7 +278,7 @@ OPTIONS: tuple[Option, ...] = (
         "required: IMDSv2 only (401 without a token); optional: IMDSv1 too",
         "MODE",
     ),
-    Option("role_name", _pattern(_ROLE_NAME, "an IAM role name"),
+    Option("role_name", sts.role_name,
            "role name to serve (ignored with --role-arn: the role's own name is served)",
            "NAME"),
     Option(
@@ -292,7 +319,7 @@ OPTIONS: tuple[Option, ...] = (
            "AWS profile whose credentials assume the role (default: the standard chain)",
            "NAME"),
     Option("sts_endpoint_url", sts.endpoint_url,
-           "STS endpoint (default: the region's; e.g. LocalStack or moto)", "URL"),
+           "STS endpoint (default: the region's; e.g. LocalStack or moto)", "URL", url=True),
     Option("check_trust", _bool,
            "at startup, read the role's trust policy and warn unless it trusts "
            "ec2.amazonaws.com", "BOOL"),
@@ -330,7 +357,7 @@ OPTIONS: tuple[Option, ...] = (
            "security group name; repeat for several", "NAME", repeated=True),
     Option("network_interfaces", inst.interface,
            "an extra interface: mac=…,private-ip=…[,public-ip=…][,ipv6=…]; repeatable",
-           "SPEC", repeated=True),
+           "SPEC", repeated=True, table=True),
     Option("key_name", _pattern(r"[\x20-\x7e]{1,255}", "a key pair name"),
            "key pair name shown in public-keys/", "NAME"),
     Option("public_key", inst.openssh_key,
@@ -340,16 +367,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("instance_metadata_tags", _bool,
            "expose tags under meta-data/tags/instance (EC2 default: off)", "BOOL"),
     Option("user_data", _text, "user data, inline text", "TEXT", masked=True),
-    Option("user_data_file", _text, "user data read (as bytes) from this file at startup",
+    Option("user_data_file", _path, "user data read (as bytes) from this file at startup",
            "FILE"),
     Option("spot_instance_action", inst.spot_action,
            "pending Spot interruption: terminate|stop|hibernate[@TIME]", "ACTION[@TIME]"),
     Option("maintenance_events", inst.maintenance_event,
            "a maintenance event CODE[,state=…][,not-before=TIME][,not-after=TIME]; repeatable",
-           "EVENT", repeated=True),
+           "EVENT", repeated=True, table=True),
     Option("extended_credentials", _bool,
            "also serve iam/security-credentials-extended/ with AccountId", "BOOL"),
-    Option("state_dir", _text,
+    Option("state_dir", _path,
            "directory for the identity key, certificate and instance id "
            "(default: $XDG_STATE_HOME/imds or ~/.local/state/imds)", "DIR"),
     Option("log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
@@ -378,7 +405,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("control", _bool,
            "serve the control API, /metrics and the timeline page on their own listener",
            "BOOL"),
-    Option("control_host", _text, "address of the control listener", "ADDR"),
+    Option("control_host", parse_host, "address of the control listener", "ADDR"),
     Option("control_port", _int_range(0, 65535),
            f"port of the control listener (default {CONTROL_PORT}, or a free one with "
            "--port 0); 0 picks a free one", "PORT"),
@@ -416,20 +443,91 @@ def _coerce(option: Option, value: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: {exc}") from None
 
 
+def _toml_type(value: Any) -> str:
+    """The TOML type of a value tomllib returned, as the TOML spec names it."""
+    if isinstance(value, bool):
+        return "boolean"
+    for kind, name in ((int, "integer"), (float, "float"), (str, "string"), (list, "array"),
+                       (dict, "table")):
+        if isinstance(value, kind):
+            return name
+    return "date-time"
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
+def _toml_field(value: Any, where: str) -> str:
+    """A field of a table (a tag's value, an interface's mac): any TOML scalar, as text."""
+    if isinstance(value, list | dict):
+        raise ValueError(f"{where}: expected a string, got {_a(_toml_type(value))}")
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _toml_item(option: Option, value: Any, where: str = "") -> str | dict[str, str]:
+    """
+    One value of `option` from TOML as a flag would give it: text, or for a setting that
+    takes tables (`[[network_interfaces]]`) the table's fields as text. A string is always
+    accepted, as in an `IMDS_*` variable; otherwise the TOML type must be the setting's
+    (an integer also stands for its digits in a string setting, e.g. an account id).
+    Raises ValueError naming the expected and the given type, never echoing the value
+    (it may be a masked one).
+    """
+    wanted = option.toml_type
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        if wanted == "boolean":
+            return str(value).lower()
+    elif isinstance(value, int):
+        if wanted != "boolean":
+            return str(value)
+    elif isinstance(value, dict) and option.table:
+        return {str(key): _toml_field(item, f"{where}{key}") for key, item in value.items()}
+    expected = _a(wanted) + (" or a table" if option.table else "")
+    raise ValueError(f"{where}expected {expected}, got {_a(_toml_type(value))}")
+
+
+def _from_toml(option: Option, value: Any) -> Any:
+    """A TOML value of `option`, type-checked, in the form `_coerce` takes from a flag."""
+    if not option.repeated:
+        return _toml_item(option, value)
+    if isinstance(value, dict) and option.pairs:
+        return [f"{key}={_toml_field(item, str(key))}" for key, item in value.items()]
+    if isinstance(value, list):
+        return [_toml_item(option, item, f"item {index}: ")
+                for index, item in enumerate(value, start=1)]
+    return [_toml_item(option, value)]
+
+
 def _env_items(raw: str) -> list[str]:
     """A repeatable setting in one variable: items separated by newlines or `;`."""
     return [item.strip() for item in re.split(r"[;\n]", raw) if item.strip()]
 
 
-def read_file(path: str) -> dict[str, Any]:
-    """Read a TOML config file; keys may be spelled with `-` or `_`."""
+def read_file(path: str, origin: str = "--config") -> dict[str, Any]:
+    """
+    Read a TOML config file; keys may be spelled with `-` or `_`. Every way it can fail is
+    a ConfigError naming `origin` (the flag or variable that named the file).
+    """
+    where = f"{origin}: config file {path!r}"
     try:
         with Path(path).open("rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path!r} does not exist") from None
+        raise ConfigError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a directory; give a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        # tomllib decodes the bytes as UTF-8 before parsing: binary content lands here.
+        raise ConfigError(f"{where} is not UTF-8 text (TOML files are UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
     return {key.replace("-", "_"): value for key, value in data.items()}
 
 
@@ -452,11 +550,16 @@ def load(
 
     path = config_file or env.get(ENV_PREFIX + "CONFIG") or ""
     if path:
-        for key, value in read_file(path).items():
+        for key, value in read_file(path, "--config" if config_file else "IMDS_CONFIG").items():
             option = _BY_KEY.get(key)
             if option is None:
                 raise ConfigError(f"config file {path!r}: unknown setting {key!r}")
-            values[key] = _coerce(option, value, f"config file {path!r}, {key}")
+            origin = f"config file {path!r}, {key}"
+            try:
+                given = _from_toml(option, value)
+            except ValueError as exc:
+                raise ConfigError(f"{origin}: {exc}") from None
+            values[key] = _coerce(option, given, origin)
 
     for option in OPTIONS:
         if option.env in env:
@@ -517,6 +620,7 @@ def finish(config: Config) -> Config:
                           f"number; got MACs {macs} and device numbers {devices}")
     if config.user_data and config.user_data_file:
         raise ConfigError("user_data and user_data_file are both set; give one")
+    changes["account_id"] = config.account_id or DEFAULT_ACCOUNT_ID
     changes.update(_sts_changes(config, map_arns))
     changes["user_data_bytes"] = _user_data(config)
     return dataclasses.replace(config, **changes)
@@ -539,11 +643,30 @@ def _sts_changes(config: Config, map_arns: tuple[str, ...] = ()) -> dict[str, An
     changes: dict[str, Any] = {}
     if not config.role_session_name:
         changes["role_session_name"] = sts.default_session_name()
-    if config.account_id == Config.__dataclass_fields__["account_id"].default:
+    if not config.account_id:
         # On EC2 an instance profile's role lives in the instance's account, so unless an
-        # account is asked for, the simulated instance belongs to the served role's.
+        # account is asked for (flag, variable or file), the simulated instance belongs to
+        # the served role's. One that is asked for wins: see `account_mismatch`.
         changes["account_id"] = sts.split_role_arn(config.role_arn[-1])[1]
     return changes
+
+
+def account_mismatch(config: Config) -> str:
+    """
+    A warning when the instance's account is not the served role's, else "".
+
+    EC2 never shows this (an instance profile holds a role of the instance's own account),
+    so it is more often a leftover or a typo than a wish; but it is allowed, for whoever
+    wants the identity document to show another account than the role's.
+    """
+    if not config.role_arn:
+        return ""
+    role_account = sts.split_role_arn(config.role_arn[-1])[1]
+    if config.account_id == role_account:
+        return ""
+    return (f"account_id {config.account_id} is not the account of the served role "
+            f"{config.role_arn[-1]} ({role_account}); the instance documents show "
+            f"{config.account_id}, the credentials belong to {role_account}")
 
 
 INSTANCE_ID_FILE = "instance-id"
@@ -584,6 +707,8 @@ def describe(config: Config) -> list[tuple[str, str]]:
         value = getattr(config, option.key)
         if option.masked:
             shown = f"({len(value.encode())} bytes)" if value else ""
+        elif option.url:
+            shown = sts.mask_url(value)
         elif option.repeated:
             shown = "; ".join(str(item) for item in value)
         elif value is None:

@@ -10,15 +10,13 @@ imds.http.listen's.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
+
+from imds.ec2.guard import dns_name_problem
 
 # [N-01] EC2's own endpoints, which the Host check also knows by heart.
 IPV4_ENDPOINT = "169.254.169.254"
 IPV6_ENDPOINT = "fd00:ec2::254"
-
-_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
-
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -38,14 +36,21 @@ class Endpoint:
         return f"http://{Endpoint(self.host, port if port is not None else self.port)}"
 
 
-def _host(raw: str) -> str:
+def parse_host(raw: str) -> str:
+    """
+    An address to listen on (`--host`, `--control-host`, the host of `--listen`): an IP
+    address, or a host name the resolver can take (imds.netguard.dns_name_problem), checked
+    here so that a bad one is a setting error, never an exception from getaddrinfo.
+    """
+    text = str(raw).strip()
     try:
-        return str(ipaddress.ip_address(raw))
+        return str(ipaddress.ip_address(text))
     except ValueError:
         pass
-    if _NAME.fullmatch(raw):
-        return raw.lower()
-    raise ValueError(f"expected an IP address or host name, got {raw!r}")
+    problem = dns_name_problem(text)
+    if problem:
+        raise ValueError(f"expected an IP address or host name, got {raw!r} ({problem})")
+    return text.lower()
 
 
 def _port(raw: str) -> int:
@@ -75,7 +80,7 @@ def parse_endpoint(raw: str) -> Endpoint:
         except ValueError:
             raise ValueError(f"expected ADDR[:PORT] or [IPv6][:PORT], got {raw!r}") from None
     host, sep, port = text.partition(":")
-    return Endpoint(_host(host), _port(port) if sep else None)
+    return Endpoint(parse_host(host), _port(port) if sep else None)
 
 
 

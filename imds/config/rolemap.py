@@ -21,24 +21,19 @@ The file (`--role-map FILE`, TOML):
 from __future__ import annotations
 
 import ipaddress
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imds.config import sts
 from imds.ec2.guard import IPNetwork, client_address
 from imds.errors import ConfigError
 
 DEFAULT_ROLE = "default-role"
 NO_ROLE = "no-role"
 
-# IAM role names: [\w+=,.@-]{1,64}; role ARNs: arn:<partition>:iam::<account>:role/[path/]name.
-_ROLE_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
-_ROLE_ARN = re.compile(
-    r"arn:aws(?:-[a-z]+)*:iam::\d{12}:role/(?:[\x21-\x7e]+/)?[\w+=,.@-]{1,64}", re.ASCII
-)
 
 
 def is_arn(role: str) -> bool:
@@ -48,12 +43,12 @@ def is_arn(role: str) -> bool:
 def _role(value: Any, origin: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{origin}: expected a role name or role ARN, got {value!r}")
-    role = value.strip()
-    pattern = _ROLE_ARN if is_arn(role) else _ROLE_NAME
-    if not pattern.fullmatch(role):
+    # The same rules as --role-name and --role-arn (imds.config.sts).
+    try:
+        return sts.role_arn(value) if is_arn(value.strip()) else sts.role_name(value)
+    except ValueError:
         raise ConfigError(f"{origin}: {value!r} is neither an IAM role name nor a role ARN "
-                          f"(arn:aws:iam::111122223333:role/name)")
-    return role
+                          f"(arn:aws:iam::111122223333:role/name)") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +102,18 @@ def parse(data: Mapping[str, Any], origin: str) -> RoleMap:
 
 
 def read(path: str) -> RoleMap:
+    # Messages start with the setting's key, as the other file settings' do.
+    where = f"role_map {path!r}"
     try:
         with Path(path).open("rb") as handle:
             data = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"role map {path!r} does not exist") from None
+        raise ConfigError(f"{where} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"role map {path!r}: {exc.strerror}") from None
+        raise ConfigError(f"{where}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        # tomllib decodes the bytes as UTF-8 before parsing: binary content lands here.
+        raise ConfigError(f"{where} is not UTF-8 text (TOML files are UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"role map {path!r} is not valid TOML: {exc}") from None
-    return parse(data, f"role map {path!r}")
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    return parse(data, where)

@@ -27,9 +27,14 @@ MAX_SESSION_TAGS = 50
 # The plain-text session policy may be at most 2,048 characters.
 MAX_POLICY_CHARS = 2048
 
+# IAM role names, the one rule for --role-name, the role map and role ARNs: the IAM API's
+# RoleName, 1-64 characters matching [\w+=,.@-]+ with \w ASCII ("upper and lowercase
+# alphanumeric characters ... _+=,.@-", CreateRole API reference; botocore's iam model).
+_ROLE_NAME = r"[\w+=,.@-]{1,64}"
+_ROLE_NAME_RE = re.compile(_ROLE_NAME, re.ASCII)
 _ROLE_ARN = re.compile(
     r"arn:(?P<partition>aws(?:-[a-z]+)*):iam::(?P<account>\d{12}):"
-    r"role/(?P<path>(?:[\x21-\x7e]+/)?)(?P<name>[\w+=,.@-]{1,64})",
+    rf"role/(?P<path>(?:[\x21-\x7e]+/)?)(?P<name>{_ROLE_NAME})",
     re.ASCII,
 )
 _POLICY_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:iam::(?:\d{12}|aws):policy/[\x21-\x7e]{1,512}")
@@ -37,6 +42,15 @@ _SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]", re.ASCII)
 # STS tag keys and values: letters, spaces, numbers and _.:/=+-@ (\p{L}\p{Z}\p{N}).
 _TAG_KEY = re.compile(r"[\w .:/=+\-@]{1,128}")
 _TAG_VALUE = re.compile(r"[\w .:/=+\-@]{0,256}")
+
+
+def role_name(raw: str) -> str:
+    """An IAM role name: `app-role`, `Deploy@team.example` (1-64 of A-Z a-z 0-9 +=,.@_-)."""
+    value = str(raw).strip()
+    if not _ROLE_NAME_RE.fullmatch(value):
+        raise ValueError(f"expected an IAM role name (1-64 letters, digits and +=,.@_-), "
+                         f"got {raw!r}")
+    return value
 
 
 def role_arn(raw: str) -> str:
@@ -87,8 +101,24 @@ def endpoint_url(raw: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"expected an http(s) URL like https://sts.eu-west-1.amazonaws.com, "
-                         f"got {raw!r}")
+                         f"got {mask_url(raw)!r}")
     return value
+
+
+def mask_url(url: str) -> str:
+    """
+    `url` with the password of its user info shown as `****` (`http://user:****@host/`),
+    for `imds config` and error messages. Never fails: a URL too broken for urlsplit is
+    cut the same way (the authority ends at the first `/`, `?` or `#`, as there).
+    """
+    head, sep, rest = url.partition("//")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{head}//{userinfo.partition(':')[0]}:****@{host}{rest[end:]}"
 
 
 def read_policy(path: str) -> str:

@@ -19,6 +19,7 @@ request path pays one dict lookup; the caches are bounded against floods of new 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Allowing this name turns the Host check off.
 ANY_HOST = "*"
 _CACHE_LIMIT = 4096
+# DNS name limits (RFC 1035 2.3.4): labels of at most 63 octets, names of at most 253
+# characters in their dotted form (255 octets on the wire).
+_LABEL_MAX = 63
+_NAME_MAX = 253
+_LABEL = re.compile(rb"[A-Za-z0-9_-]+")
 
 
 def parse_network(raw: str) -> str:
@@ -38,12 +44,44 @@ def parse_network(raw: str) -> str:
         raise ValueError(f"expected an address or CIDR network, got {raw!r}") from None
 
 
+def dns_name_problem(name: str) -> str:
+    """
+    What makes `name` unusable as a DNS name, or "" when nothing does.
+
+    The rules are the resolver's (RFC 1035 2.3.4; IDNA for international names, as Python's
+    `idna` codec applies them before getaddrinfo): at most 253 characters, one optional
+    trailing dot, labels of 1-63 letters, digits, `-` or `_`. A name breaking them would
+    otherwise surface at bind time as a UnicodeError from the codec, not as a setting error.
+    """
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    encoded: list[bytes] = []
+    for label in labels:
+        if not label:
+            return "it has an empty label" if name else "it is empty"
+        try:
+            ascii_label = label.encode("ascii" if label.isascii() else "idna")
+        except UnicodeError:
+            return f"label {label!r} is not a valid international label"
+        if len(ascii_label) > _LABEL_MAX:
+            return (f"label {label[:16]!r}… is {len(ascii_label)} characters long, "
+                    f"at most {_LABEL_MAX}")
+        if not _LABEL.fullmatch(ascii_label):
+            return f"label {label!r} has characters other than letters, digits, - and _"
+        encoded.append(ascii_label)
+    if len(b".".join(encoded)) > _NAME_MAX:
+        return f"it is longer than {_NAME_MAX} characters"
+    return ""
+
+
 def parse_host_name(raw: str) -> str:
     """A `Host` name for `--allow-host`: a DNS name (`imds`, `imds.local`) or `*`."""
     name = str(raw).strip().lower().rstrip(".")
-    if name == ANY_HOST or (name and all(c.isalnum() or c in "-._" for c in name)):
+    if name == ANY_HOST:
         return name
-    raise ValueError(f"expected a host name or *, got {raw!r}")
+    problem = dns_name_problem(name)
+    if problem:
+        raise ValueError(f"expected a host name or *, got {raw!r} ({problem})")
+    return name
 
 
 def client_address(remote: str | None) -> IPAddress | None:

@@ -21,6 +21,13 @@ def urls(runner: web.AppRunner) -> list[str]:
     return [Endpoint(host, port).url() for host, port, *_ in runner.addresses]
 
 
+def bind_error(exc: OSError | UnicodeError) -> str:
+    """Why binding failed, in one line: the OS's reason, or the IDNA codec's for a name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
 # A site for host:port, not started yet (imds.http.aioserver.Runner.site).
 MakeSite = Callable[[str, int], web.BaseSite]
 
@@ -49,11 +56,15 @@ async def start_sites(
                 try:
                     await site.start()
                     break
-                except OSError as exc:
+                except (OSError, UnicodeError) as exc:
+                    # UnicodeError: getaddrinfo's IDNA encoding refused the name. The
+                    # configuration checks names (parse_host); this keeps any that slips
+                    # past (a Config built by hand) a startup error, not a traceback.
                     await site.stop()  # unregisters the unbound site from the runner
-                    if exc.errno != errno.EADDRNOTAVAIL or time.monotonic() >= deadline:
+                    not_yet = isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL
+                    if not not_yet or time.monotonic() >= deadline:
                         raise StartupError(f"cannot listen on {endpoint}: "
-                                           f"{exc.strerror or exc}") from exc
+                                           f"{bind_error(exc)}") from exc
                     await asyncio.sleep(0.2)
             sites.append(site)
     except BaseException:

@@ -39,6 +39,7 @@ from aiohttp.http import HttpProcessingError
 
 from imds.config import Config
 from imds.errors import FaultError, LabError, StartupError
+from imds.http.listen import bind_error
 from imds.instance.statedir import locked, replace_file, write_once
 from imds.lab import metrics
 from imds.lab.faultspec import FaultSpec
@@ -360,10 +361,10 @@ async def start_control(config: Config, lab: Lab, token: str) -> Control:
     site = web.TCPSite(runner, config.control_host, config.control_port, reuse_address=True)
     try:
         await site.start()
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: as in imds.listen.start_sites
         await runner.cleanup()
         raise StartupError(f"control API: cannot listen on {config.control_host}:"
-                           f"{config.control_port}: {exc.strerror or exc}") from exc
+                           f"{config.control_port}: {bind_error(exc)}") from exc
     host, port = runner.addresses[0][:2]
     shown = f"[{host}]" if ":" in host else host
     return Control(runner, f"http://{shown}:{port}", token)
