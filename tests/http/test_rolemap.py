@@ -18,6 +18,7 @@ from imds.cli import main
 from imds.config import load, rolemap
 from imds.ec2.tree import lookup
 from imds.errors import ConfigError
+from imds.http import rolemap as routing
 from imds.http.app import STATE
 from imds.server import Running
 from tests.conftest import ServerFactory
@@ -127,8 +128,8 @@ class TestFile:
     def test_a_role_arn_becomes_a_one_link_sts_chain(self) -> None:
         config = load({"role_arn": "arn:aws:iam::111122223333:role/base"}, {})
         arn = "arn:aws:iam::444455556666:role/app"
-        assert (arn,) == rolemap.config_for_role(config, arn).role_arn
-        named = rolemap.config_for_role(config, "app")
+        assert (arn,) == routing.config_for_role(config, arn).role_arn
+        named = routing.config_for_role(config, "app")
         assert ("app", ()) == (named.role_name, named.role_arn)
 
 
@@ -137,8 +138,8 @@ class TestWithoutIam:
         self, imds_factory: ServerFactory
     ) -> None:
         server = await imds_factory()
-        tree = server.runner.app[STATE].tree
-        stripped = rolemap.without_iam(tree)
+        tree = server.runner.app[STATE].rules.tree
+        stripped = routing.without_iam(tree)
         for version in ("latest", "2009-04-04"):
             listing = lookup(stripped, [version, "meta-data"])
             assert listing is not None and b"iam/" not in listing.body

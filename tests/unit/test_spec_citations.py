@@ -132,8 +132,8 @@ class TestCitedFactsAreDefined:
         # docstring, prose "spec X", a Markdown table cell, a Lua comment.
         assert {
             ("imds/ec2/wire.py", "T-02"),
-            ("imds/http/app.py", "S-PY-02"),
-            ("tests/test_sdk.py", "S-PY-03"),
+            ("imds/ec2/answer.py", "S-PY-02"),
+            ("tests/e2e/test_sdk.py", "S-PY-03"),
             ("README.md", "S-PY-08"),
             ("docs/rotation-lab.md", "S-GO-04"),
             ("benchmarks/wrk/put.lua", "T-16"),
