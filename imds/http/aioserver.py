@@ -17,6 +17,8 @@ un-EC2-like:
   own page [R-10], logs no byte of it (it may carry a token), and closes the connection.
 - `ec2_errors` does the same for the pages aiohttp's router would send itself (a target
   that is no path: `CONNECT host:port`, `OPTIONS *`).
+- `Ec2RequestHandler` also answers a client that half-closes after its requests, then
+  closes, as the fast path does (aiohttp's own drops the answers).
 - `AccessLog` writes one line per request at debug level only: a line per request at
   info took over a third of the CPU each request cost (docs/benchmarks.md).
 
@@ -172,10 +174,43 @@ def ec2_errors(handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
 class Ec2RequestHandler(RequestHandler):
     """aiohttp's per-connection protocol, answering unparseable requests as EC2 would."""
 
+    # Requests answered on this connection (aiohttp counts those it read, _request_count),
+    # and whether the client half-closed while some were still unanswered.
+    _answered = 0
+    _half_closed = False
+
     @property
     def idle(self) -> bool:
         """Waiting for (the rest of) a request, rather than answering one."""
         return not self._request_in_progress and not self._messages
+
+    # asyncio's Protocol.eof_received returns bool | None; aiohttp's annotation says None.
+    def eof_received(self) -> bool:  # type: ignore[override]
+        """
+        The client half-closed (`shutdown(SHUT_WR)` after its request: `nc -N`, socat
+        and some proxies do it; no SDK does). It is owed the answers to the requests it
+        completed, which the fast path gives; aiohttp's own handler lets the transport
+        close at once and drops them. With nothing left to answer, the connection closes
+        as before.
+        """
+        if self._answered >= self._request_count:
+            return False
+        # Keep the transport open for writing; `finish_response` closes it after the
+        # last answer, since no further request can arrive.
+        self._half_closed = True
+        return True
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._answered += 1
+            if self._half_closed and self._answered >= self._request_count:
+                # aiohttp's `close`: end the connection once this answer is out, whatever
+                # keep-alive said (the answer's bytes stay as they would have been).
+                self.close()
 
     def handle_error(
         self,

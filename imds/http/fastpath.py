@@ -10,13 +10,15 @@ loop (imds.http.acceptor) uses it on a connection's first request before the eve
 the connection; `FastPath`, the protocol every metadata connection the event loop takes
 starts with, uses it for every request it reads.
 
-Plain means: one complete HTTP/1.1 GET or PUT, nothing after its head, a path of
-unreserved characters, every header well-formed and none that needs interpreting
-(a body, `Expect`, `Upgrade`, a repeated name). Anything else, and the connection is
-handed to aiohttp for good: its protocol takes the transport and every byte read so far
-and answers as if it had had the connection from the start. So each limit and each answer
-to a malformed request stays aiohttp's (imds.http.aioserver), faults stay the lab's (imds.lab),
-and this module only has to recognise what it may answer, never refuse anything.
+Plain means: one complete HTTP/1.1 GET or PUT with a Host, nothing after its head, a
+path of unreserved characters, every header well-formed (imds.http.plainhead) and none that
+needs interpreting (a body, `Expect`, `Upgrade`, a repeated name). Anything else, and the
+connection is handed to aiohttp for good: its protocol takes the transport and every byte
+read so far and answers as if it had had the connection from the start. A head still
+arriving is handed over as soon as it can no longer become plain, since aiohttp answers
+such a one before it is complete. So each limit and each answer to a malformed request
+stays aiohttp's (imds.http.aioserver), faults stay the lab's (imds.lab), and this module only has
+to recognise what it may answer, never refuse anything.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import re
 import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
@@ -33,19 +34,12 @@ from imds.ec2.answer import Reply, answer
 from imds.ec2.tree import Found
 from imds.http.app import State
 from imds.http.hoplimit import SocketHolder, limit_hops
+from imds.http.plainhead import HEAD, Prefix
 from imds.logs import ACCESS, log_access
 
 if TYPE_CHECKING:
     from imds.http.observer import Fetched
 
-# The request line and header fields the fast path answers; everything else goes to
-# aiohttp. The path takes the characters of role names ([\w+=,.@-], IAM) and of every
-# metadata path, and no `%` (decoding), `?` (query) or `/.` (dot segments): aiohttp's
-# request.path would then differ from the bytes on the wire.
-_HEAD = re.compile(
-    rb"(GET|PUT) ((?:/(?!\.)[A-Za-z0-9._~+=,@:-]*)+) HTTP/1\.1\r\n"
-    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*\r\n)*)\r\n"
-)
 # Headers that ask for something beyond a plain answer: aiohttp decides what to do.
 _INTERPRETED = frozenset({"transfer-encoding", "expect", "upgrade", "te", "trailer"})
 
@@ -150,7 +144,7 @@ class Wire:
     def _answer(self, data: bytes, remote: str,
                 transport: SocketHolder | None) -> tuple[bytes, bool] | None:
         """`respond` for a request worked out anew: None unless it is plain."""
-        match = _HEAD.fullmatch(data)
+        match = HEAD.fullmatch(data)
         if match is None:
             return None
         headers: dict[str, str] = {}
@@ -164,6 +158,11 @@ class Wire:
             if key in headers or key in _INTERPRETED:
                 return None
             headers[key] = value.strip(" \t")
+        if "host" not in headers:
+            # RFC 9112 §3.2: an HTTP/1.1 request without Host gets 400. aiohttp gives it
+            # (its parser refuses the request); every SDK sends Host, and EC2's answer
+            # is not known otherwise (spec §1), so both paths give aiohttp's 400.
+            return None
         close = False
         length = headers.get("content-length")
         if length is not None and length != "0":
@@ -252,6 +251,7 @@ class FastPath(asyncio.Protocol):
         "_buffer",
         "_first",
         "_loop",
+        "_prefix",
         "_remote",
         "_server",
         "_transport",
@@ -269,6 +269,8 @@ class FastPath(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._remote = ""
         self._buffer: bytearray | None = None
+        # Whether the head in `_buffer` may still become a plain one (imds.plainhead).
+        self._prefix: Prefix | None = None
         self._loop = server.loop
         # The idle timeout (imds.http.aioserver.Limits): a complete request must arrive by this loop
         # time, counted from the connection opening or the last answer. The server's sweep
@@ -319,8 +321,10 @@ class FastPath(asyncio.Protocol):
         if buffer is None:
             end = data.find(b"\r\n\r\n")
             if end < 0:
-                if len(data) > limits.max_header_size:
-                    # aiohttp's limits decide what a head this long gets.
+                prefix = self._prefix = Prefix()
+                if len(data) > limits.max_header_size or not prefix.extends(data):
+                    # aiohttp's limits decide what a head this long gets, and aiohttp
+                    # answers one that cannot be plain at once (bare LF, a NUL, ...).
                     self._hand_over(data)
                 else:
                     self._buffer = bytearray(data)
@@ -332,7 +336,9 @@ class FastPath(asyncio.Protocol):
             buffer += data
             end = buffer.find(b"\r\n\r\n", start)
             if end < 0:
-                if len(buffer) > limits.max_header_size:
+                started = self._prefix
+                assert started is not None  # made with the buffer
+                if len(buffer) > limits.max_header_size or not started.extends(buffer):
                     self._buffer = None
                     self._hand_over(bytes(buffer))
                 return
