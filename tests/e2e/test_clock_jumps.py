@@ -125,9 +125,13 @@ class TestRotatorAcrossJumps:
             # is scheduled, 0.5-1 s later.
             await until(lambda: "retrying in" in caplog.text, 5.0, "a failed refresh")
             clock.shift -= HOUR
+            failed = source.calls
             source.failing = False
+            # The retry keeps its monotonic due time: within the 1 s backoff, not an hour.
             await until(lambda: rotator.history[-1].ok, 3.0, "the retry")
-        assert 3 == source.calls
+        # One retry after the jump, or two when one slipped in, failing, between the jump
+        # and the source's recovery on a loaded machine; never a storm.
+        assert source.calls - failed in (1, 2)
 
 
 # ------------------------------------------------------------ real processes, libfaketime
