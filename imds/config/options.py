@@ -18,7 +18,13 @@ from imds.config import sts
 from imds.config.endpoints import parse_endpoint, parse_host
 from imds.config.model import CONTROL_PORT, ENV_PREFIX
 from imds.ec2.guard import parse_host_name, parse_network
-from imds.ec2.wire import HOP_LIMIT_MAX, HOP_LIMIT_MIN, TTL_MAX
+from imds.ec2.wire import HOP_LIMIT_MAX, HOP_LIMIT_MIN
+
+# The bounds of the rotation settings, one copy for the options, the control API and the
+# lab: a credential lifetime up to STS's longest session, and a refresh at most six hours
+# ahead of expiry (no credential set lasts long enough to need more).
+LIFETIME_RANGE = (1, sts.DURATION_MAX)
+REFRESH_AHEAD_RANGE = (0, 6 * 3600)
 
 # ---------------------------------------------------------------------------- parsers
 
@@ -177,14 +183,14 @@ OPTIONS: tuple[Option, ...] = (
            "NAME"),
     Option(
         "credential_lifetime",
-        _int_range(1, 43200),
+        _int_range(*LIFETIME_RANGE),
         "seconds each locally minted credential set is valid (ignored with --role-arn: "
         "see --duration)",
         "SECONDS",
     ),
     Option(
         "refresh_ahead",
-        _int_range(0, TTL_MAX),
+        _int_range(*REFRESH_AHEAD_RANGE),
         "serve new credentials this many seconds before the old expire (at most half the "
         "lifetime)",
         "SECONDS",

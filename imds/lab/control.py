@@ -38,6 +38,7 @@ from aiohttp import web
 from aiohttp.http import HttpProcessingError
 
 from imds.config import Config
+from imds.config.options import LIFETIME_RANGE, REFRESH_AHEAD_RANGE
 from imds.errors import FaultError, LabError, StartupError
 from imds.http.listen import bind_error
 from imds.instance.statedir import locked, replace_file, write_once
@@ -253,8 +254,8 @@ async def _settings(request: web.Request) -> web.Response:
     unknown = set(data) - {"lifetime", "refresh_ahead", "role"}
     if unknown:
         raise LabError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    lifetime = _seconds(data, "lifetime", 1, 43200)
-    ahead = _seconds(data, "refresh_ahead", 0, 21600)
+    lifetime = _seconds(data, "lifetime", *LIFETIME_RANGE)
+    ahead = _seconds(data, "refresh_ahead", *REFRESH_AHEAD_RANGE)
     return _json(request.app[LAB].settings(lifetime=lifetime, refresh_ahead=ahead,
                                            role=_role(data)))
 

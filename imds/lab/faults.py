@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from imds.creds.model import Rendered, credential_document, unauthorized_document
+from imds.creds.rotation import Rotator
 from imds.ec2 import wire as p
 from imds.ec2.wire import from_epoch
 from imds.http.observer import Respond
@@ -74,7 +75,7 @@ class Fault:
     """One active (or ended) fault: its spec, its budget and what it has done."""
 
     def __init__(self, fault_id: str, spec: FaultSpec, now: float,
-                 bound: tuple[Any, Rendered] | None) -> None:
+                 bound: tuple[Rotator, Rendered] | None) -> None:
         self.id = fault_id
         self.spec = spec
         self.kind = spec.kind
@@ -183,7 +184,7 @@ class Faults:
 
     # ------------------------------------------------------------------ registry
 
-    def add(self, spec: FaultSpec, *, bound: tuple[Any, Rendered] | None = None) -> Fault:
+    def add(self, spec: FaultSpec, *, bound: tuple[Rotator, Rendered] | None = None) -> Fault:
         fault = Fault(f"f{next(self._ids)}", spec, self._clock(), bound)
         if spec.duration is not None:
             loop = asyncio.get_running_loop()
@@ -216,7 +217,7 @@ class Faults:
             self.end(fault, "cleared")
         return len(faults)
 
-    def rotated(self, rotator: Any) -> None:
+    def rotated(self, rotator: Rotator) -> None:
         """End the faults bound to credentials `rotator` no longer serves."""
         for fault in list(self._all):
             if fault.bound is not None and fault.bound[0] is rotator \
@@ -291,7 +292,7 @@ class Faults:
         self,
         request: web.BaseRequest,
         response: web.StreamResponse,
-        rotators: Mapping[str, Any],
+        rotators: Mapping[str, Rotator],
     ) -> str:
         """Rewrite a 200 the way the active faults say; returns the kind applied, or ""."""
         if response.status != 200 or not isinstance(response, web.Response):

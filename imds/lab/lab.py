@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
+from imds.config.options import LIFETIME_RANGE, REFRESH_AHEAD_RANGE
 from imds.creds.model import Credentials, Rendered, redact_key_id
 from imds.creds.rotation import RotationEvent, Rotator, effective_ahead
 from imds.creds.sources.base import CredentialSource, RoleIdentity
@@ -333,13 +334,11 @@ class Lab:
         Change the lifetime of the next credentials and how far ahead of expiry the rotator
         replaces them; the schedule is reconsidered at once.
         """
-        # The bounds of --credential-lifetime and --refresh-ahead (imds.config): a lifetime
-        # up to STS's longest session (imds.config.sts.DURATION_MAX), a refresh at most
-        # six hours ahead.
-        if lifetime is not None and not 1 <= lifetime <= 43200:
-            raise LabError(f"lifetime: expected seconds in 1..43200, got {lifetime!r}")
-        if refresh_ahead is not None and not 0 <= refresh_ahead <= 21600:
-            raise LabError(f"refresh_ahead: expected seconds in 0..21600, got {refresh_ahead!r}")
+        # The bounds of --credential-lifetime and --refresh-ahead (imds.config.options).
+        for name, value, (low, high) in (("lifetime", lifetime, LIFETIME_RANGE),
+                                         ("refresh_ahead", refresh_ahead, REFRESH_AHEAD_RANGE)):
+            if value is not None and not low <= value <= high:
+                raise LabError(f"{name}: expected seconds in {low}..{high}, got {value!r}")
         rotator = self.rotator(role)
         source: Any = rotator.source
         # Any: whether `lifetime` can be set is asked of the source's type, at runtime.
