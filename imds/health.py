@@ -5,7 +5,9 @@ It reads the same settings as `imds serve` (`IMDS_*` variables, `IMDS_CONFIG`), 
 token PUT to the first endpoint the server listens on, and exits 0 when an `EC2ws` server
 answered without a server error. A 403 counts as alive: with `--allow-client` the check's
 own address may be refused, and the answer still proves the server is serving.
-Standard library only, no event loop: it runs every few seconds.
+It runs every few seconds, so it imports the standard library, the configuration and the
+pure core only, never aiohttp (the `health-stdlib` import contract in pyproject.toml): its
+imports take about 40 ms, where they took 245 ms when the configuration pulled in aiohttp.
 """
 
 from __future__ import annotations
