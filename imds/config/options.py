@@ -122,7 +122,7 @@ class Option:
     pairs: bool = False
     # `imds config` shows only the size (user data often carries secrets).
     masked: bool = False
-    # A URL: `imds config` shows a password in it as `****` (imds.sts_settings.mask_url).
+    # A URL: `imds config` shows a password in it as `****` (imds.config.sts.mask_url).
     url: bool = False
     # A TOML table gives one item as its fields (`[[network_interfaces]]`).
     table: bool = False

@@ -105,6 +105,14 @@ def endpoint_url(raw: str) -> str:
     return value
 
 
+_USERINFO_PASSWORD = re.compile(r"(//[^/?#@\s:]*:)[^/?#@\s]*@")
+
+
+def mask_passwords(text: str) -> str:
+    """Every `//user:password@` in `text` (a URL inside an error message) as `//user:****@`."""
+    return _USERINFO_PASSWORD.sub(r"\1****@", text)
+
+
 def mask_url(url: str) -> str:
     """
     `url` with the password of its user info shown as `****` (`http://user:****@host/`),

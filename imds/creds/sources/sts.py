@@ -105,7 +105,9 @@ class AssumeRoleSource:
         self._lock = threading.Lock()
         self._session: Any = None
         self._sts: Any = None
-        self._endpoint = settings.endpoint_url or f"the STS endpoint of {settings.region}"
+        # Shown in logs and errors: a password in the URL never is (imds.config.sts.mask_url).
+        self._endpoint = (sts.mask_url(settings.endpoint_url) if settings.endpoint_url
+                          else f"the STS endpoint of {settings.region}")
         self._trust_checked = False
         # The assumed-role ARN of the last successful fetch (for status and logs).
         self.assumed_arn = ""
@@ -122,7 +124,7 @@ class AssumeRoleSource:
         s = self.settings
         via = f" via {', '.join(s.role_arns[:-1])}" if s.chained else ""
         base = f"profile {s.profile}" if s.profile else "the default AWS credential chain"
-        where = s.endpoint_url or f"STS in {s.region}"
+        where = sts.mask_url(s.endpoint_url) if s.endpoint_url else f"STS in {s.region}"
         return (f"sts:AssumeRole of {s.role_arns[-1]}{via} as session {s.session_name}, "
                 f"{s.effective_duration}s sessions, with {base}, at {where}")
 
@@ -200,7 +202,7 @@ class AssumeRoleSource:
             endpoint_url=self.settings.endpoint_url or None,
             config=self._client_config(),
         )
-        self._endpoint = client.meta.endpoint_url
+        self._endpoint = sts.mask_url(client.meta.endpoint_url)
         self._session, self._sts = session, client
         return client
 

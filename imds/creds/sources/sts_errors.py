@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from imds.config import sts
 from imds.creds.sources.sts_request import AssumeRoleSettings
 from imds.errors import SourceError
 
@@ -38,8 +39,15 @@ def explain(exc: BaseException, arn: str, previous: str, settings: AssumeRoleSet
     """
     A botocore failure as a one-paragraph SourceError a user can act on: `arn` is the role
     being assumed, `previous` the role whose session asked ("" for the base identity), and
-    `endpoint` the STS endpoint asked.
+    `endpoint` the STS endpoint asked. botocore's own messages quote the endpoint URL, so
+    a password in it is masked in the whole message.
     """
+    error = _explain(exc, arn, previous, settings, endpoint)
+    return SourceError(sts.mask_passwords(str(error)))
+
+
+def _explain(exc: BaseException, arn: str, previous: str, settings: AssumeRoleSettings,
+             endpoint: str) -> SourceError:
     from botocore import exceptions as bce
 
     caller = (f"with the session of {previous}" if previous
