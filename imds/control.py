@@ -2,12 +2,18 @@
 The control API of the rotation lab, on its own listener (default 127.0.0.1:1339).
 
 It never shares the metadata listener: a workload that can reach IMDS must not be able
-to rotate, revoke or break it. Every endpoint but the timeline page itself needs
-`Authorization: Bearer <token>`. The page is static (it holds no data) and reads the
-token from its URL *fragment* (`/#token=…`): browsers never send a fragment to the
-server, so the token stays out of access logs, `Referer` headers and proxies, and since
-it travels in a header that browsers never add on their own, another site cannot make
-the browser call the API with it (no CSRF, unlike a cookie).
+to rotate, revoke or break it. Nor can it crowd the metadata listener out: it holds at
+most 32 connections (`CONTROL_LIMITS`; the idlest is closed to make room, as on the
+metadata port), each waiting at most 5 s for a complete request, and its descriptors come
+out of the open-file limit beside the metadata port's, never out of them
+(imds.descriptors).
+
+Every endpoint but the timeline page itself needs `Authorization: Bearer <token>`. The
+page is static (it holds no data) and reads the token from its URL *fragment*
+(`/#token=…`): browsers never send a fragment to the server, so the token stays out of
+access logs, `Referer` headers and proxies, and since it travels in a header that
+browsers never add on their own, another site cannot make the browser call the API with
+it (no CSRF, unlike a cookie).
 
     GET    /                      the live timeline (HTML, also /timeline)
     GET    /api/status            state, history, faults, client fetches (JSON)
@@ -36,7 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
-from imds import metrics
+from imds import httpd, metrics
 from imds.config import Config
 from imds.errors import StartupError
 from imds.faults import FaultError, FaultSpec
@@ -47,6 +53,10 @@ log = logging.getLogger("imds.control")
 LAB = web.AppKey("lab", Lab)
 TOKEN = web.AppKey("token", str)
 PAGE = web.AppKey("page", bytes)
+
+# A person, `imds ctl`, a timeline page or two and a Prometheus scraper need a few
+# connections, not the metadata port's thousand (imds.descriptors).
+CONTROL_LIMITS = httpd.Limits(max_connections=32, idle_timeout=5.0)
 
 TOKEN_FILE = "control-token"
 URL_FILE = "control-url"
@@ -280,13 +290,19 @@ class Control:
         await self.runner.cleanup()
 
 
-async def start_control(config: Config, lab: Lab, token: str) -> Control:
-    """Bind the control listener; a busy port is a startup error, like the metadata one."""
+async def start_control(config: Config, lab: Lab, token: str, *,
+                        max_connections: int = CONTROL_LIMITS.max_connections) -> Control:
+    """
+    Bind the control listener; a busy port is a startup error, like the metadata one.
+    `max_connections` is what the open-file limit leaves it (imds.descriptors.share).
+    """
     # Polled every second by the timeline page: no access log (it would drown the rest).
-    runner = web.AppRunner(make_control_app(lab, token), access_log=None,
-                           handle_signals=False)
+    # aiohttp's own answers (ec2=False): this is a JSON API, not EC2's.
+    runner = httpd.Runner(make_control_app(lab, token), CONTROL_LIMITS, ec2=False,
+                          max_connections=max_connections, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.control_host, config.control_port, reuse_address=True)
+    assert config.control_port is not None  # config.finish fills it in
+    site = runner.site(config.control_host, config.control_port)
     try:
         await site.start()
     except OSError as exc:

@@ -20,10 +20,11 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from imds import httpd, rolemap
+from imds import descriptors, httpd, rolemap
 from imds.app import make_app
 from imds.config import Config
 from imds.control import (
+    CONTROL_LIMITS,
     Control,
     load_or_create_token,
     new_token,
@@ -119,8 +120,12 @@ async def start(
     signer = TokenSigner(clock)
     app = make_app(config, tree=tree, rotator=rotator, clock=clock, signer=signer,
                    started=started, routes=routes, lab=lab)
+    # The two listeners' connection caps share the open-file limit (imds.descriptors).
+    budget = descriptors.share(config.max_connections,
+                               CONTROL_LIMITS.max_connections if config.control else 0)
     # Connection cap, timeouts, header limits, EC2-shaped parse errors (imds.httpd).
-    runner = httpd.Runner(app, httpd.Limits.of(config), fast_path=config.fast_path)
+    runner = httpd.Runner(app, httpd.Limits.of(config), fast_path=config.fast_path,
+                          max_connections=budget.metadata)
     await runner.setup()
     try:
         await start_sites(runner.site, endpoints(config.listen, config.host, config.port))
@@ -130,7 +135,8 @@ async def start(
     control = None
     if config.control:
         try:
-            control = await start_control(config, lab, config.control_token or new_token())
+            control = await start_control(config, lab, config.control_token or new_token(),
+                                          max_connections=budget.control)
         except StartupError:
             await runner.cleanup()
             raise
