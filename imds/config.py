@@ -108,7 +108,8 @@ class Config:
     fast_path: bool = True
     # The rotation lab's control API, metrics and timeline: a listener of its own, never
     # the metadata one (docs/rotation-lab.md). The port defaults to CONTROL_PORT, or to a
-    # free one when --port is 0; the token, when not given, is kept in the state dir.
+    # free one when a metadata port is (--port 0, --listen ADDR:0); the token, when not
+    # given, is kept in the state dir.
     control: bool = True
     control_host: str = "127.0.0.1"
     control_port: int | None = None
@@ -381,8 +382,9 @@ OPTIONS: tuple[Option, ...] = (
            "BOOL"),
     Option("control_host", _text, "address of the control listener", "ADDR"),
     Option("control_port", _int_range(0, 65535),
-           f"port of the control listener (default {CONTROL_PORT}, or a free one with "
-           "--port 0); 0 picks a free one", "PORT"),
+           f"port of the control listener (default {CONTROL_PORT}, or a free one when "
+           "the metadata port is one: --port 0, --listen ADDR:0); 0 picks a free one",
+           "PORT"),
     Option("control_token", _text,
            "bearer token of the control API (default: generated once and kept in "
            "state_dir/control-token, mode 0600)", "TOKEN", masked=True),
@@ -486,11 +488,14 @@ def finish(config: Config) -> Config:
         # Read only: a new id is chosen and saved when the server first starts
         # (`imds.instance.resolve`), so loading a configuration writes nothing.
         changes["instance_id"] = saved_instance_id(state_dir)
+    listen = tuple(endpoint.with_port(config.port) for endpoint in config.listen)
     if config.listen:
-        changes["listen"] = tuple(endpoint.with_port(config.port) for endpoint in config.listen)
+        changes["listen"] = listen
     if config.control_port is None:
-        # Servers on free ports (tests, parallel runs) must not contend for one control port.
-        changes["control_port"] = 0 if config.port == 0 else CONTROL_PORT
+        # Servers on free ports (tests, parallel runs) must not contend for one control
+        # port, whether the free port comes from --port 0 or from --listen ADDR:0.
+        free = config.port == 0 or any(endpoint.port == 0 for endpoint in listen)
+        changes["control_port"] = 0 if free else CONTROL_PORT
     map_arns: tuple[str, ...] = ()
     if config.role_map:
         from imds import rolemap
