@@ -12,10 +12,11 @@ and every connection is a real loopback socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -31,13 +32,10 @@ from tests.test_limits import (
     Connection,
     address,
     close_all,
-    many_files,
-    open_idle,
+    many_files,  # noqa: F401  (a fixture, used by name)
     sdk_fetch,
     still_open,
 )
-
-__all__ = ["many_files"]  # a fixture, used by name
 
 UVLOOP = ("-m", "imds")
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
@@ -52,11 +50,35 @@ QUIET = 20_000
 TOKEN = "t" * 64
 
 
-async def probe_during(url: str, flood: asyncio.Task[list[Connection]]) -> int:
+@contextlib.asynccontextmanager
+async def flooding(url: str, count: int) -> AsyncIterator[tuple[asyncio.Task[None],
+                                                                list[Connection]]]:
+    """
+    `count` idle connections to `url`, opened one after another in the background (the
+    task) into the list; on leaving, however it is left, every one of them is closed.
+    """
+    opened: list[Connection] = []
+
+    async def open_all() -> None:
+        host, port = address(url)
+        for _ in range(count):
+            opened.append(await asyncio.open_connection(host, port))
+
+    task = asyncio.create_task(open_all())
+    try:
+        yield task, opened
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        close_all(opened)
+
+
+async def probe_during(url: str, flood: asyncio.Task[None]) -> int:
     """SDK fetches from `url` one after another for PROBE_FOR seconds; how many there were."""
     done = 0
-    deadline = time.monotonic() + PROBE_FOR
-    while time.monotonic() < deadline or not flood.done():
+    began = time.monotonic()
+    while time.monotonic() < began + PROBE_FOR or not flood.done():
+        assert time.monotonic() < began + 30, "the flood did not connect within 30 s"
         # Each of the three requests within botocore's timeout (tests.test_limits).
         assert b'"Code" : "Success"' in await sdk_fetch(url)
         done += 1
@@ -72,6 +94,7 @@ def control_url(banner: Sequence[str]) -> str:
     raise AssertionError(f"no control URL in {banner}")
 
 
+@pytest.mark.usefixtures("many_files")
 class TestIdleFloodOnTheMetadataPort:
     @pytest.mark.parametrize(
         ("flags", "launch"),
@@ -83,8 +106,7 @@ class TestIdleFloodOnTheMetadataPort:
         ],
     )
     async def test_new_clients_are_served_promptly_throughout_and_stderr_stays_quiet(
-        self, many_files: None, empty_home: Path, flags: Sequence[str],
-        launch: Sequence[str],
+        self, empty_home: Path, flags: Sequence[str], launch: Sequence[str]
     ) -> None:
         """
         `ulimit -n 1024` and 2,500 idle connections: the accept loop never takes more than
@@ -95,24 +117,20 @@ class TestIdleFloodOnTheMetadataPort:
         count = 2500
         with run_imds(*flags, env=clean_env(empty_home), launch=launch,
                       open_files=1024) as server:
-            flood = asyncio.create_task(open_idle(server.url, count))
-            try:
+            async with flooding(server.url, count) as (flood, idle):
                 probes = await probe_during(server.url, flood)
-            finally:
-                idle = await flood
-            try:
+                await flood
                 # The flood did press on the cap: most of it was closed to make room.
                 await until(lambda: sum(reader.at_eof() for reader, _ in idle) >= count - 1024,
                             10.0, "the idlest connections to be closed")
                 assert b'"Code" : "Success"' in await sdk_fetch(server.url)
-            finally:
-                close_all(idle)
         stderr = "".join(server.stderr)
         assert probes >= 10
         assert "Traceback" not in stderr
         assert len(stderr) < QUIET, stderr[:2000]
 
 
+@pytest.mark.usefixtures("many_files")
 class TestIdleFloodOnTheControlPort:
     @pytest.mark.parametrize(
         "launch",
@@ -122,8 +140,7 @@ class TestIdleFloodOnTheControlPort:
         ],
     )
     async def test_it_does_not_starve_the_metadata_port(
-        self, many_files: None, empty_home: Path, launch: Sequence[str],
-        http: aiohttp.ClientSession,
+        self, empty_home: Path, launch: Sequence[str], http: aiohttp.ClientSession
     ) -> None:
         """
         `ulimit -n 2048` and 2,100 idle connections to the control port, no token: every
@@ -134,19 +151,14 @@ class TestIdleFloodOnTheControlPort:
         with run_imds("--control-token", TOKEN, env=clean_env(empty_home), launch=launch,
                       open_files=2048) as server:
             control = control_url(server.banner)
-            flood = asyncio.create_task(open_idle(control, count))
-            try:
+            async with flooding(control, count) as (flood, idle):
                 await probe_during(server.url, flood)
-            finally:
-                idle = await flood
-            try:
+                await flood
                 async with asyncio.timeout(2.0):
                     async with http.get(control + "/api/status",
                                         headers={"Authorization": f"Bearer {TOKEN}"}) as r:
                         status = r.status
                 closed = sum(reader.at_eof() for reader, _ in idle)
-            finally:
-                close_all(idle)
         assert 200 == status
         assert closed >= count - 2 * CONTROL_LIMITS.max_connections
         assert len("".join(server.stderr)) < QUIET
@@ -159,8 +171,8 @@ class TestControlListenerLimits:
         """The control port keeps 32 connections, not one per client that asks."""
         running = await imds_factory()
         lab = ControlAPI(http, running)
-        idle = await open_idle(lab.url, 100)
-        try:
+        async with flooding(lab.url, 100) as (flood, idle):
+            await flood
             await until(lambda: sum(reader.at_eof() for reader, _ in idle)
                         >= 100 - CONTROL_LIMITS.max_connections, 5.0,
                         "the idlest control connections to be closed")
@@ -168,8 +180,6 @@ class TestControlListenerLimits:
             newest_open = await still_open(idle[-1][0])
             # The newcomer is never the one closed: the API still answers its owner.
             status, _ = await lab.call("GET", "/api/status")
-        finally:
-            close_all(idle)
         assert (False, True) == (oldest_open, newest_open)
         assert 200 == status
 
