@@ -116,8 +116,6 @@ class Acceptor:
         # Connections answered and closed here, and connections given to the event loop.
         self.answered = 0
         self.adopted = 0
-        # Times the loop stopped reading the listening socket for want of room.
-        self.waited = 0
         # Accepted connections are C-level sockets (_socket.socket, which socket.socket
         # wraps): the Python wrapper and its enum-typed family cost 5 µs a connection,
         # the C one 1 µs (a connection costs about 60 µs in all).
@@ -159,7 +157,6 @@ class Acceptor:
             if not server.has_room():
                 # The closes the last adoptions caused are done on the event loop's next
                 # turn; until then the connections wait in the backlog (imds.descriptors).
-                self.waited += 1
                 self._pause()
                 server.wait_for_room(self)
                 return
@@ -174,11 +171,11 @@ class Acceptor:
                 self._out_of_descriptors(exc)
                 return
             conn = _socket.socket(family, kind, proto, fd)
-            if self._wire is None:
-                self._adopt(conn, None)
-                continue
             try:
-                self._serve(conn, peer[0])
+                if self._wire is None:
+                    self._adopt(conn, None)
+                else:
+                    self._serve(conn, peer[0])
             except Exception as exc:  # a bug in imds: this connection only
                 # As imds.httpd logs one: where, but not the text (it may hold data).
                 log.error("internal error answering %s: %s\n%s", peer[0],
@@ -287,8 +284,7 @@ class Listeners:
 
 def listening_socket(family: int, address: Any, backlog: int, *, defer: bool = True,
                      ) -> socket.socket:
-    """A non-blocking listening socket (deferred accept with `defer`), bound as asyncio
-    binds one."""
+    """A non-blocking listening socket, bound as asyncio binds one; `defer`: deferred accept."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
