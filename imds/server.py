@@ -29,11 +29,12 @@ from imds.creds.sources import CredentialSource, LocalSource
 from imds.ec2.tokens import TokenSigner
 from imds.errors import ConfigError, SourceError, StartupError
 from imds.http import aioserver as httpd
-from imds.http import rolemap
+from imds.http import descriptors, rolemap
 from imds.http.app import make_app
 from imds.http.listen import start_sites, urls
 from imds.instance.simulated import SimulatedInstance, resolve
 from imds.lab.control import (
+    CONTROL_LIMITS,
     Control,
     load_or_create_token,
     new_token,
@@ -129,9 +130,12 @@ async def start(
     signer = TokenSigner(clock)
     app = make_app(config, tree=tree, rotator=rotator, clock=clock, signer=signer,
                    started=started, routes=routes, lab=lab)
+    # The two listeners' connection caps share the open-file limit (imds.http.descriptors).
+    budget = descriptors.share(config.max_connections,
+                               CONTROL_LIMITS.max_connections if config.control else 0)
     # Connection cap, timeouts, header limits, EC2-shaped parse errors (imds.http.aioserver).
     runner = httpd.Runner(app, httpd.Limits.of(config), fast_path=config.fast_path,
-                          shutdown_timeout=shutdown.GRACE)
+                          max_connections=budget.metadata, shutdown_timeout=shutdown.GRACE)
     await runner.setup()
     try:
         await start_sites(runner.site, endpoints(config.listen, config.host, config.port))
@@ -141,7 +145,8 @@ async def start(
     control = None
     if config.control:
         try:
-            control = await start_control(config, lab, config.control_token or new_token())
+            control = await start_control(config, lab, config.control_token or new_token(),
+                                          max_connections=budget.control)
         except BaseException:
             await runner.cleanup()
             raise

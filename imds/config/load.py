@@ -192,11 +192,14 @@ def finish(config: Config) -> Config:
         # Read only: a new id is chosen and saved when the server first starts
         # (`imds.instance.simulated.resolve`), so loading a configuration writes nothing.
         changes["instance_id"] = saved_instance_id(state_dir)
+    listen = tuple(endpoint.with_port(config.port) for endpoint in config.listen)
     if config.listen:
-        changes["listen"] = tuple(endpoint.with_port(config.port) for endpoint in config.listen)
+        changes["listen"] = listen
     if config.control_port is None:
-        # Servers on free ports (tests, parallel runs) must not contend for one control port.
-        changes["control_port"] = 0 if config.port == 0 else CONTROL_PORT
+        # Servers on free ports (tests, parallel runs) must not contend for one control
+        # port, whether the free port comes from --port 0 or from --listen ADDR:0.
+        free = config.port == 0 or any(endpoint.port == 0 for endpoint in listen)
+        changes["control_port"] = 0 if free else CONTROL_PORT
     map_arns: tuple[str, ...] = ()
     if config.role_map:
         from imds.config import rolemap

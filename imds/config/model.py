@@ -96,7 +96,8 @@ class Config:
     fast_path: bool = True
     # The rotation lab's control API, metrics and timeline: a listener of its own, never
     # the metadata one (docs/rotation-lab.md). The port defaults to CONTROL_PORT, or to a
-    # free one when --port is 0; the token, when not given, is kept in the state dir.
+    # free one when a metadata port is (--port 0, --listen ADDR:0); the token, when not
+    # given, is kept in the state dir.
     control: bool = True
     control_host: str = "127.0.0.1"
     control_port: int | None = None

@@ -307,8 +307,9 @@ OPTIONS: tuple[Option, ...] = (
            "BOOL"),
     Option("control_host", parse_host, "address of the control listener", "ADDR"),
     Option("control_port", _int_range(0, 65535),
-           f"port of the control listener (default {CONTROL_PORT}, or a free one with "
-           "--port 0); 0 picks a free one", "PORT"),
+           f"port of the control listener (default {CONTROL_PORT}, or a free one when "
+           "the metadata port is one: --port 0, --listen ADDR:0); 0 picks a free one",
+           "PORT"),
     Option("control_token", _text,
            "bearer token of the control API (default: generated once and kept in "
            "state_dir/control-token, mode 0600)", "TOKEN", masked=True),

@@ -21,6 +21,20 @@ would answer the same way.
 A client that connects and sends nothing is handed over by the kernel after about a
 second anyway (the deferral ends with the first SYN-ACK retransmission), and its idle
 timeout counts from then.
+
+Without the fast path (`--fast-path false`, and the control listener) the same loop
+accepts, with no deferral, and adopts every connection straight into aiohttp: what it
+keeps from the loop is the bound below, which the event loop's own accept code lacks (it
+takes up to a backlog's worth of connections a turn, or all there are, before any
+protocol sees one).
+
+The loop takes no connection its listener cannot hold (imds.descriptors): before each
+accept it checks the listener's descriptors against its cap and headroom, and each
+connection it adopts first makes room by closing the idlest one. When there is no room
+it stops reading the listening socket until a connection lets go, and the clients wait in
+the backlog for a moment instead of the whole process running out of descriptors. Should
+accept(2) still fail for want of descriptors (taken by something else), it waits for the
+next one to be let go, or a second at most, and says so once a minute, not once a try.
 """
 
 from __future__ import annotations
@@ -31,8 +45,9 @@ import contextlib
 import errno
 import logging
 import socket
+import time
 import traceback
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -56,8 +71,14 @@ _PASSING = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETD
                       errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
                       errno.EOPNOTSUPP, errno.ENETUNREACH, errno.EINTR})
 
-# Out of descriptors: asyncio's own loop stops accepting for a second (ACCEPT_RETRY_DELAY).
+# Out of descriptors: asyncio's own loop stops accepting for a second (ACCEPT_RETRY_DELAY);
+# here a connection letting go of one ends the wait sooner.
 _RETRY_DELAY = 1.0
+
+# Seconds between two warnings about it. asyncio logs a traceback for each failed accept,
+# and for each of the up to `backlog` it tries in one turn: 84 MB of stderr in 10 s under
+# an idle flood without uvloop (CPython issue gh-151615).
+_WARN_EVERY = 60.0
 
 
 class _Socket:
@@ -72,20 +93,44 @@ class _Socket:
         return self.sock if name == "socket" else default
 
 
+class Listener(Owner, Protocol):
+    """
+    What the accept loop needs of the server it accepts for (imds.http.aioserver's
+    CappedServer): what a fast-path connection needs, plus the connection cap's
+    bookkeeping. A protocol, so that the server may import this module and not the other
+    way round.
+    """
+
+    def aiohttp_protocol(self) -> asyncio.Protocol: ...
+
+    def has_room(self) -> bool: ...
+
+    def wait_for_room(self, waiter: Acceptor) -> None: ...
+
+    def stop_waiting(self, waiter: Acceptor) -> None: ...
+
+    def adopting(self) -> None: ...
+
+    def adopted(self) -> None: ...
+
+
 class Acceptor:
     """One listening socket, accepted from by hand (see the module's docstring)."""
 
-    def __init__(self, sock: socket.socket, server: Owner) -> None:
-        wire = server.wire
-        assert wire is not None  # httpd.Runner.site makes acceptors only with the fast path
+    def __init__(self, sock: socket.socket, server: Listener) -> None:
         self.sock = sock
         self._server = server
-        self._wire: Wire = wire
+        # None: no fast path, every connection goes to aiohttp as it is.
+        self._wire: Wire | None = server.wire
         self._loop = server.loop
         self._read_size = server.limits.max_header_size + 4
         self._max_header_size = server.limits.max_header_size
         self._adopting: set[asyncio.Task[None]] = set()
+        self._reading = False
+        self._closed = False
         self._retry: asyncio.TimerHandle | None = None
+        self._warned = -_WARN_EVERY
+        self._unwarned = 0
         # Connections answered and closed here, and connections given to the event loop.
         self.answered = 0
         self.adopted = 0
@@ -93,23 +138,46 @@ class Acceptor:
         # wraps): the Python wrapper and its enum-typed family cost 5 µs a connection,
         # the C one 1 µs (a connection costs about 60 µs in all).
         self._kind = (int(sock.family), int(sock.type), sock.proto)
-        self._loop.add_reader(sock.fileno(), self._ready)
+        self.resume()
 
     def close(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_reader(self.sock.fileno())
+        self._closed = True
+        self._server.stop_waiting(self)
+        self._pause()
         self.sock.close()
         for task in self._adopting:
             task.cancel()
+
+    def resume(self) -> None:
+        """Read the listening socket again (`CappedServer` calls it once there is room)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if not self._reading and not self._closed:
+            self._loop.add_reader(self.sock.fileno(), self._ready)
+            self._reading = True
+
+    def _pause(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._reading:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self.sock.fileno())
+            self._reading = False
 
     def _ready(self) -> None:
         # What socket.accept does, minus its wrapper (above).
         accept = self.sock._accept  # type: ignore[attr-defined]
         family, kind, proto = self._kind
+        server = self._server
         for _ in range(BATCH):
+            if not server.has_room():
+                # The closes the last adoptions caused are done on the event loop's next
+                # turn; until then the connections wait in the backlog (imds.descriptors).
+                self._pause()
+                server.wait_for_room(self)
+                return
             try:
                 fd, peer = accept()
             except BlockingIOError:
@@ -118,25 +186,39 @@ class Acceptor:
                 if exc.errno in _PASSING:
                     continue
                 # EMFILE, ENFILE, ENOBUFS, ENOMEM: the connections wait in the backlog.
-                log.warning("cannot accept connections for now (%s); retrying in %.0f s",
-                            exc.strerror or exc, _RETRY_DELAY)
-                self._loop.remove_reader(self.sock.fileno())
-                self._retry = self._loop.call_later(_RETRY_DELAY, self._resume)
+                self._out_of_descriptors(exc)
                 return
             conn = _socket.socket(family, kind, proto, fd)
             try:
-                self._serve(conn, peer[0])
+                if self._wire is None:
+                    self._adopt(conn, None)
+                else:
+                    self._serve(conn, peer[0])
             except Exception as exc:  # a bug in imds: this connection only
                 # As imds.http.aioserver logs one: where, but not the text (it may hold data).
                 log.error("internal error answering %s: %s\n%s", peer[0],
                           type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
                 conn.close()
 
-    def _resume(self) -> None:
-        self._retry = None
-        self._loop.add_reader(self.sock.fileno(), self._ready)
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._warned >= _WARN_EVERY:
+            more = f" ({self._unwarned} more times since the last warning)" \
+                if self._unwarned else ""
+            log.warning("cannot accept connections for now (%s); retrying as soon as a "
+                        "connection closes, within %.0f s%s",
+                        exc.strerror or exc, _RETRY_DELAY, more)
+            self._warned = now
+            self._unwarned = 0
+        else:
+            self._unwarned += 1
+        self._pause()
+        self._server.wait_for_room(self)
+        self._retry = self._loop.call_later(_RETRY_DELAY, self.resume)
 
     def _serve(self, conn: _socket.socket, remote: str) -> None:
+        wire = self._wire
+        assert wire is not None  # _ready adopts every connection without a fast path
         # The accepted socket is blocking (accept4 without SOCK_NONBLOCK); MSG_DONTWAIT
         # makes these two calls not wait, without a third call to change the socket.
         try:
@@ -156,7 +238,7 @@ class Acceptor:
             # Not a whole head yet, a body, a pipelined request, or near the limits.
             self._adopt(conn, Adopted(read=data))
             return
-        reply = self._wire.respond(data, remote, _Socket(conn))
+        reply = wire.respond(data, remote, _Socket(conn))
         if reply is None:
             self._adopt(conn, Adopted(read=data))
             return
@@ -175,9 +257,17 @@ class Acceptor:
             conn.close()
             self.answered += 1
 
-    def _adopt(self, conn: _socket.socket, first: Adopted) -> None:
+    def _adopt(self, conn: _socket.socket, first: Adopted | None) -> None:
+        """Give `conn` to the event loop: on the fast path with `first`, else to aiohttp."""
         self.adopted += 1
-        protocol = FastPath(self._server, self._wire, first)
+        server = self._server
+        protocol: asyncio.Protocol
+        if self._wire is not None and first is not None:
+            protocol = FastPath(server, self._wire, first)
+        else:
+            protocol = server.aiohttp_protocol()
+        # Room is made before the next accept, not when the event loop gets to it.
+        server.adopting()
         # Event loops take a socket.socket.
         family, kind, proto = self._kind
         wrapped = socket.socket(family, kind, proto, conn.detach())
@@ -185,12 +275,14 @@ class Acceptor:
         self._adopting.add(task)
         task.add_done_callback(self._adopting.discard)
 
-    async def _connect(self, conn: socket.socket, protocol: FastPath) -> None:
+    async def _connect(self, conn: socket.socket, protocol: asyncio.Protocol) -> None:
         try:
             await self._loop.connect_accepted_socket(lambda: protocol, conn)
         except BaseException:
             conn.close()
             raise
+        finally:
+            self._server.adopted()
 
 
 class Listeners:
@@ -208,8 +300,9 @@ class Listeners:
             acceptor.close()
 
 
-def listening_socket(family: int, address: Any, backlog: int) -> socket.socket:
-    """A non-blocking listening socket with deferred accept, bound as asyncio binds one."""
+def listening_socket(family: int, address: Any, backlog: int, *, defer: bool = True,
+                     ) -> socket.socket:
+    """A non-blocking listening socket, bound as asyncio binds one; `defer`: deferred accept."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -218,7 +311,8 @@ def listening_socket(family: int, address: Any, backlog: int) -> socket.socket:
             # endpoint of the same port can be bound beside it.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_SECONDS)
+        if defer:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_SECONDS)
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
@@ -232,7 +326,7 @@ class AcceptorSite(web.BaseSite):
 
     __slots__ = ("_capped", "_host", "_port")
 
-    def __init__(self, runner: web.BaseRunner, server: Owner, host: str, port: int,
+    def __init__(self, runner: web.BaseRunner, server: Listener, host: str, port: int,
                  *, backlog: int = 128) -> None:
         super().__init__(runner, backlog=backlog)
         self._capped = server
@@ -256,7 +350,9 @@ class AcceptorSite(web.BaseSite):
                 if (family, address) in seen:
                     continue
                 seen.add((family, address))
-                sock = listening_socket(family, address, self._backlog)
+                # Deferral only pays with the fast path: it answers in the accept loop.
+                sock = listening_socket(family, address, self._backlog,
+                                        defer=self._capped.wire is not None)
                 acceptors.append(Acceptor(sock, self._capped))
         except BaseException:
             for acceptor in acceptors:

@@ -11,7 +11,9 @@ un-EC2-like:
   slow connections cannot keep a new SDK client from being served. With the fast path on,
   each connection starts there (imds.http.fastpath) and is handed to aiohttp when it asks for
   more than a plain answer; on Linux most connections are answered and closed by the
-  accept loop (imds.http.acceptor) and never reach the cap.
+  accept loop (imds.http.acceptor) and never reach the cap. The control listener has a
+  `CappedServer` of its own, with aiohttp's answers instead of EC2's (imds.lab.control); the
+  two caps share the open-file limit (imds.http.descriptors).
 - `Ec2RequestHandler` answers what aiohttp cannot parse (bad request line, oversized or
   too many headers, bad encoding) with EC2's 400 and `Server: EC2ws` instead of aiohttp's
   own page [R-10], logs no byte of it (it may carry a token), and closes the connection.
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,16 +48,12 @@ from aiohttp.web_server import Server
 
 from imds.config import Config
 from imds.ec2 import wire as p
-from imds.http import acceptor
+from imds.http import acceptor, descriptors
 from imds.http.app import STATE
 from imds.http.fastpath import FastPath, Wire
 from imds.logs import log_access
 
 log = logging.getLogger("imds.httpd")
-
-# File descriptors kept free beyond the connection cap: listening sockets, log files,
-# the state directory, the STS client's pool.
-_SPARE_FDS = 128
 
 # The shortest listen backlog (Runner.backlog); Linux's default net.core.somaxconn.
 _MIN_BACKLOG = 4096
@@ -97,26 +94,6 @@ class Limits:
             "tcp_keepalive": False,
             "access_log_class": AccessLog,
         }
-
-
-def open_file_budget(wanted: int) -> int:
-    """
-    Raise the soft RLIMIT_NOFILE towards the hard limit so `wanted` connections fit, and
-    return how many connections fit. A server that runs out of descriptors stops
-    accepting altogether, which is worse than closing an idle connection.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = wanted + _SPARE_FDS
-    if soft != resource.RLIM_INFINITY and soft < need:
-        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    return max(1, min(wanted, soft - _SPARE_FDS))
 
 
 class AccessLog(AbstractAccessLogger):
@@ -171,8 +148,8 @@ def ec2_errors(handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
     return answer
 
 
-class Ec2RequestHandler(RequestHandler):
-    """aiohttp's per-connection protocol, answering unparseable requests as EC2 would."""
+class CappedHandler(RequestHandler):
+    """aiohttp's per-connection protocol, as the connection cap sees it."""
 
     # Requests answered on this connection (aiohttp counts those it read, _request_count),
     # and whether the client half-closed while some were still unanswered.
@@ -212,6 +189,18 @@ class Ec2RequestHandler(RequestHandler):
                 # keep-alive said (the answer's bytes stay as they would have been).
                 self.close()
 
+    def evict(self) -> None:
+        """Close now, dropping unsent bytes (`CappedServer` wants the descriptor back)."""
+        transport = self.transport
+        self.force_close()
+        if transport is not None:
+            # A close waits for the client to take what is unsent, maybe forever.
+            transport.abort()
+
+
+class Ec2RequestHandler(CappedHandler):
+    """aiohttp's per-connection protocol, answering unparseable requests as EC2 would."""
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -245,19 +234,29 @@ class Connection(Protocol):
 
     def force_close(self) -> None: ...
 
+    def evict(self) -> None: ...
+
+
+class Waiter(Protocol):
+    """An accept loop waiting for `CappedServer` to have room (imds.acceptor)."""
+
+    def resume(self) -> None: ...
+
 
 class CappedServer(Server):
     """
     aiohttp's connection factory with a cap on open connections; with a `Wire`, each
     connection starts on the fast path (imds.http.fastpath) and comes here to be handed over.
+    `ec2` False keeps aiohttp's own answers (the control listener's JSON API).
     """
 
     def __init__(self, base: Server, limits: Limits, max_connections: int,
-                 wire: Wire | None = None) -> None:
+                 wire: Wire | None = None, *, ec2: bool = True) -> None:
         # aiohttp offers no hook for the protocol class, so the server the runner built is
-        # rebuilt from its own arguments (private: tests/test_aiohttp_private_api.py pins them).
+        # rebuilt from its own arguments (private; tests/http/test_aiohttp_private_api.py
+        # pins them).
         super().__init__(
-            ec2_errors(base.request_handler),
+            ec2_errors(base.request_handler) if ec2 else base.request_handler,
             request_factory=base.request_factory,
             handler_cancellation=base.handler_cancellation,
             loop=base._loop,
@@ -266,9 +265,17 @@ class CappedServer(Server):
         self.limits = limits
         self.max_connections = max_connections
         self.wire = wire
+        self._handler: type[CappedHandler] = Ec2RequestHandler if ec2 else CappedHandler
         # Live connections of both kinds, oldest first (dicts keep insertion order).
         self._live: dict[Connection, None] = {}
         self.evicted = 0
+        # What the descriptor budget counts besides the live (imds.descriptors): evicted
+        # connections not closed yet, connections the accept loop is handing to the event
+        # loop, and the accept loops waiting for the sum to fall below the limit.
+        self._closing: dict[Connection, None] = {}
+        self._pending = 0
+        self.held_max = max_connections + descriptors.headroom(max_connections)
+        self._waiting: list[Waiter] = []
         # Fast-path connections time out by one sweep a fraction of the idle timeout
         # apart: a timer per connection cost more than the rest of answering it.
         self._sweep_every = min(1.0, limits.idle_timeout / 4)
@@ -287,8 +294,8 @@ class CappedServer(Server):
             return FastPath(self, self.wire)
         return self.aiohttp_protocol()
 
-    def aiohttp_protocol(self) -> Ec2RequestHandler:
-        return Ec2RequestHandler(self, loop=self._loop, **self._kwargs)
+    def aiohttp_protocol(self) -> CappedHandler:
+        return self._handler(self, loop=self._loop, **self._kwargs)
 
     def hand_over(self, fast: FastPath, transport: asyncio.Transport, data: bytes) -> None:
         """Give a fast-path connection, and the bytes it has read, to aiohttp for good."""
@@ -298,6 +305,39 @@ class CappedServer(Server):
         handler.connection_made(transport)
         handler.data_received(data)
 
+    @property
+    def held(self) -> int:
+        """Descriptors held by this listener's connections, closing ones included."""
+        return len(self._live) + len(self._closing) + self._pending
+
+    def has_room(self) -> bool:
+        """Whether the accept loop may take one more connection (imds.descriptors)."""
+        return self.held < self.held_max
+
+    def wait_for_room(self, waiter: Waiter) -> None:
+        """Call `waiter.resume()` once a connection of this listener has let go."""
+        if waiter not in self._waiting:
+            self._waiting.append(waiter)
+
+    def stop_waiting(self, waiter: Waiter) -> None:
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+
+    def adopting(self) -> None:
+        """
+        The accept loop is giving the event loop a connection: make room for it now, not
+        once the event loop has made it, so that no accept batch takes the listener past
+        its cap while the closes it causes are still to come.
+        """
+        self._pending += 1
+        if len(self._live) + self._pending > self.max_connections:
+            self._evict(newcomer=None)
+
+    def adopted(self) -> None:
+        """The event loop has the connection `adopting` announced (or it failed)."""
+        self._pending -= 1
+        self._released()
+
     def track(self, connection: Connection) -> None:
         self._live[connection] = None
         if len(self._live) > self.max_connections:
@@ -305,14 +345,23 @@ class CappedServer(Server):
 
     def untrack(self, connection: Connection) -> None:
         self._live.pop(connection, None)
+        self._closing.pop(connection, None)
+        if self._waiting:
+            self._released()
+
+    def _released(self) -> None:
+        if self._waiting and self.has_room():
+            waiting, self._waiting = self._waiting, []
+            for waiter in waiting:
+                waiter.resume()
 
     def connection_made(self, handler: RequestHandler, transport: Any) -> None:
         super().connection_made(handler, transport)
-        assert isinstance(handler, Ec2RequestHandler)  # made by aiohttp_protocol()
+        assert isinstance(handler, CappedHandler)  # made by aiohttp_protocol()
         self.track(handler)
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
-        if isinstance(handler, Ec2RequestHandler):
+        if isinstance(handler, CappedHandler):
             self.untrack(handler)
         super().connection_lost(handler, exc)
 
@@ -327,13 +376,14 @@ class CappedServer(Server):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self._waiting.clear()
         # Fast-path connections hold no answer in progress: they close at once.
         for connection in list(self._live):
             if isinstance(connection, FastPath):
                 connection.force_close()
         super().pre_shutdown()
 
-    def _evict(self, newcomer: Connection) -> None:
+    def _evict(self, newcomer: Connection | None) -> None:
         # The oldest connection waiting for a request goes first: on an IMDS (one short
         # request per connection, EC2 closes each [N-04]) that is a stalled or hostile
         # client. If every other connection is mid-request, the oldest goes.
@@ -347,23 +397,29 @@ class CappedServer(Server):
                 oldest = connection
                 break
         if oldest is not None:
+            # Counted until the event loop lets go of it (untrack), a turn later.
             self._live.pop(oldest, None)
+            self._closing[oldest] = None
             self.evicted += 1
-            oldest.force_close()
+            oldest.evict()
 
 
 class Runner(web.AppRunner):
     """An `AppRunner` whose connections get `Limits`."""
 
     def __init__(self, app: web.Application, limits: Limits, *, fast_path: bool = False,
+                 ec2: bool = True, max_connections: int | None = None,
                  **kwargs: Any) -> None:
+        """
+        `max_connections` is the cap the open-file limit leaves (imds.descriptors.share);
+        by default `limits.max_connections`. `ec2` as for `CappedServer`.
+        """
         super().__init__(app, handle_signals=False, **limits.handler_args(), **kwargs)
         self._limits = limits
         self._fast_path = fast_path
-        self._max_connections = open_file_budget(limits.max_connections)
-        if self._max_connections < limits.max_connections:
-            log.warning("only %d connections fit under the open file limit; capping there",
-                        self._max_connections)
+        self._ec2 = ec2
+        self._max_connections = (limits.max_connections if max_connections is None
+                                 else max_connections)
 
     @property
     def backlog(self) -> int:
@@ -384,15 +440,16 @@ class Runner(web.AppRunner):
     async def _make_server(self) -> Server:
         base = await super()._make_server()
         wire = Wire(self.app[STATE], self._limits.max_headers) if self._fast_path else None
-        return CappedServer(base, self._limits, self._max_connections, wire)
+        return CappedServer(base, self._limits, self._max_connections, wire, ec2=self._ec2)
 
     def site(self, host: str, port: int) -> web.BaseSite:
         """
-        A TCP site for host:port. With the fast path on Linux, connections are accepted by
-        imds.http.acceptor and most are answered there; otherwise by the event loop.
+        A TCP site for host:port. On Linux, connections are accepted by imds.http.acceptor,
+        which takes none past what the connection cap and its headroom hold, and with the
+        fast path answers most of them there; elsewhere by the event loop.
         """
         capped = self.capped
-        if capped is not None and capped.wire is not None and acceptor.SUPPORTED:
+        if capped is not None and acceptor.SUPPORTED:
             return acceptor.AcceptorSite(self, capped, host, port, backlog=self.backlog)
         return web.TCPSite(self, host, port, reuse_address=True, backlog=self.backlog)
 

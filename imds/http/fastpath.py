@@ -285,6 +285,12 @@ class FastPath(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def evict(self) -> None:
+        # The connection cap wants the descriptor back (imds.httpd.CappedServer): a close
+        # would wait for a client that does not read to take what is unsent.
+        if self._transport is not None:
+            self._transport.abort()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's are not asyncio.Transport subclasses).
         self._transport = cast(asyncio.Transport, transport)

@@ -2,12 +2,18 @@
 The control API of the rotation lab, on its own listener (default 127.0.0.1:1339).
 
 It never shares the metadata listener: a workload that can reach IMDS must not be able
-to rotate, revoke or break it. Every endpoint but the timeline page itself needs
-`Authorization: Bearer <token>`. The page is static (it holds no data) and reads the
-token from its URL *fragment* (`/#token=…`): browsers never send a fragment to the
-server, so the token stays out of access logs, `Referer` headers and proxies, and since
-it travels in a header that browsers never add on their own, another site cannot make
-the browser call the API with it (no CSRF, unlike a cookie).
+to rotate, revoke or break it. Nor can it crowd the metadata listener out: it holds at
+most 32 connections (`CONTROL_LIMITS`; the idlest is closed to make room, as on the
+metadata port), each waiting at most 5 s for a complete request, and its descriptors come
+out of the open-file limit beside the metadata port's, never out of them
+(imds.descriptors).
+
+Every endpoint but the timeline page itself needs `Authorization: Bearer <token>`. The
+page is static (it holds no data) and reads the token from its URL *fragment*
+(`/#token=…`): browsers never send a fragment to the server, so the token stays out of
+access logs, `Referer` headers and proxies, and since it travels in a header that
+browsers never add on their own, another site cannot make the browser call the API with
+it (no CSRF, unlike a cookie).
 
     GET    /                      the live timeline (HTML, also /timeline)
     GET    /api/status            state, history, faults, client fetches (JSON)
@@ -40,6 +46,7 @@ from aiohttp.http import HttpProcessingError
 from imds.config import Config
 from imds.config.options import LIFETIME_RANGE, REFRESH_AHEAD_RANGE
 from imds.errors import FaultError, LabError, StartupError
+from imds.http import aioserver as httpd
 from imds.http.listen import bind_error
 from imds.instance.statedir import locked, replace_file, write_once
 from imds.lab import metrics
@@ -55,6 +62,10 @@ TOKEN = web.AppKey("token", str)
 PAGE = web.AppKey("page", bytes)
 # Refused calls and unparseable requests: anyone who can reach the port can send them.
 REFUSALS = web.AppKey("refusals", Throttle)
+
+# A person, `imds ctl`, a timeline page or two and a Prometheus scraper need a few
+# connections, not the metadata port's thousand (imds.descriptors).
+CONTROL_LIMITS = httpd.Limits(max_connections=32, idle_timeout=5.0)
 
 TOKEN_FILE = "control-token"
 URL_FILE = "control-url"
@@ -352,14 +363,22 @@ class Control:
         await self.runner.cleanup()
 
 
-async def start_control(config: Config, lab: Lab, token: str) -> Control:
-    """Bind the control listener; a busy port is a startup error, like the metadata one."""
+async def start_control(config: Config, lab: Lab, token: str, *,
+                        max_connections: int = CONTROL_LIMITS.max_connections) -> Control:
+    """
+    Bind the control listener; a busy port is a startup error, like the metadata one.
+    `max_connections` is what the open-file limit leaves it (imds.descriptors.share).
+    """
     # Polled every second by the timeline page: no access log (it would drown the rest).
+    # aiohttp's own answers (ec2=False): this is a JSON API, not EC2's. Malformed requests
+    # are logged through the refusal throttle; a stop waits GRACE at most.
     app = make_control_app(lab, token)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           logger=_ProtocolLog(app[REFUSALS]), shutdown_timeout=GRACE)
+    runner = httpd.Runner(app, CONTROL_LIMITS, ec2=False, max_connections=max_connections,
+                          access_log=None, logger=_ProtocolLog(app[REFUSALS]),
+                          shutdown_timeout=GRACE)
     await runner.setup()
-    site = web.TCPSite(runner, config.control_host, config.control_port, reuse_address=True)
+    assert config.control_port is not None  # config.finish fills it in
+    site = runner.site(config.control_host, config.control_port)
     try:
         await site.start()
     except (OSError, UnicodeError) as exc:  # UnicodeError: as in imds.listen.start_sites

@@ -163,7 +163,7 @@ class TestMalformedRequests:
     async def test_a_target_that_is_no_path_gets_an_ec2_answer_and_a_close(
         self, imds: Running, raw: bytes
     ) -> None:
-        """Found by tests/test_fuzz.py: aiohttp's router answered these with its own page."""
+        """Found by tests/http/test_fuzz.py: aiohttp's router answered these with its own page."""
         host, port = address(imds.url)
         reader, writer = await asyncio.open_connection(host, port)
         try:

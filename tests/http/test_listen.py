@@ -1,6 +1,6 @@
 """Several listening endpoints at once [N-01], and the token response's hop limit [N-05].
 
-The effect of the hop limit on a routed network is shown in tests/test_netns.py; here are
+The effect of the hop limit on a routed network is shown in tests/e2e/test_netns.py; here are
 the socket option itself and the connection handling around it.
 """
 

@@ -1,6 +1,6 @@
 """
 The STS-backed source against a real STS-compatible server: moto in server mode on a
-loopback port, behind a counting proxy that can also take STS away (tests/sts_support.py).
+loopback port, behind a counting proxy that can also take STS away (tests/support/sts_support.py).
 
 Durations below STS's 900 s minimum (only moto grants them) let rotations and expiry be
 watched in seconds; they are real sessions with real expiry times, served by the real

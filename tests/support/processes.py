@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +43,29 @@ class ImdsProcess:
     stderr: list[str] = field(default_factory=list)
 
 
+# Runs `imds` as `python -m imds` does, with uvloop unimportable (its absence is the
+# only way to the asyncio event loop: the CLI has no switch for it).
+WITHOUT_UVLOOP = ("-c", "import sys; sys.modules['uvloop'] = None; "
+                        "from imds.cli import main; raise SystemExit(main())")
+
+
 @contextmanager
-def run_imds(*args: str, env: Mapping[str, str], timeout: float = 20) -> Iterator[ImdsProcess]:
-    """Start `python -m imds serve --port 0 ARGS` and yield once it prints where it listens."""
+def run_imds(*args: str, env: Mapping[str, str], timeout: float = 20,
+             launch: Sequence[str] = ("-m", "imds"), open_files: int | None = None,
+             ) -> Iterator[ImdsProcess]:
+    """
+    Start `python -m imds serve --port 0 ARGS` and yield once it prints where it listens.
+    `launch` replaces `-m imds` (e.g. `WITHOUT_UVLOOP`); `open_files` is the server's
+    RLIMIT_NOFILE, soft and hard, as `ulimit -n` sets it.
+    """
+    limit = None
+    if open_files is not None:
+        limit = functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE,
+                                  (open_files, open_files))
     process = subprocess.Popen(
-        [sys.executable, "-m", "imds", "serve", "--port", "0", *args],
+        [sys.executable, *launch, "serve", "--port", "0", *args],
         env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        preexec_fn=limit,
     )
     stderr: list[str] = []
     reader = threading.Thread(target=lambda: stderr.extend(process.stderr or []), daemon=True)
