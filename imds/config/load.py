@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from imds.config import instance as inst
 from imds.config import sts
 from imds.config.model import CONTROL_PORT, DEFAULT_ACCOUNT_ID, ENV_PREFIX, Config
 from imds.config.options import _BY_KEY, OPTIONS, Option
+from imds.config.tomlfile import read_toml
 from imds.errors import ConfigError
 
 
@@ -117,21 +117,7 @@ def read_file(path: str, origin: str = "--config") -> dict[str, Any]:
     Read a TOML config file; keys may be spelled with `-` or `_`. Every way it can fail is
     a ConfigError naming `origin` (the flag or variable that named the file).
     """
-    where = f"{origin}: config file {path!r}"
-    try:
-        with Path(path).open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{where} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{where} is a directory; give a TOML file") from None
-    except OSError as exc:
-        raise ConfigError(f"{where} cannot be read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        # tomllib decodes the bytes as UTF-8 before parsing: binary content lands here.
-        raise ConfigError(f"{where} is not UTF-8 text (TOML files are UTF-8)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    data = read_toml(path, f"{origin}: config file {path!r}")
     return {key.replace("-", "_"): value for key, value in data.items()}
 
 

@@ -21,13 +21,12 @@ The file (`--role-map FILE`, TOML):
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from imds.config import sts
+from imds.config.tomlfile import read_toml
 from imds.ec2.guard import IPNetwork, client_address
 from imds.errors import ConfigError
 
@@ -104,16 +103,4 @@ def parse(data: Mapping[str, Any], origin: str) -> RoleMap:
 def read(path: str) -> RoleMap:
     # Messages start with the setting's key, as the other file settings' do.
     where = f"role_map {path!r}"
-    try:
-        with Path(path).open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{where} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"{where}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        # tomllib decodes the bytes as UTF-8 before parsing: binary content lands here.
-        raise ConfigError(f"{where} is not UTF-8 text (TOML files are UTF-8)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
-    return parse(data, where)
+    return parse(read_toml(path, where), where)
