@@ -125,6 +125,24 @@ async def _check_handle_error() -> None:
         RequestHandler.handle_error)
 
 
+# CappedHandler.eof_received: requests read (aiohttp counts them) against those answered.
+async def _check_request_count() -> None:
+    assert 0 == _handler()._request_count
+
+
+# CappedHandler.finish_response counts each answer, then closes a half-closed connection.
+async def _check_finish_response() -> None:
+    assert ["self", "request", "resp", "start_time"] == _parameters(
+        RequestHandler.finish_response)
+
+
+def _change_finish_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def finish_response(self: RequestHandler, request: web.BaseRequest,
+                              resp: web.StreamResponse) -> None: ...
+
+    monkeypatch.setattr(RequestHandler, "finish_response", finish_response)
+
+
 async def _check_make_server() -> None:
     made: list[Server] = []
 
@@ -215,6 +233,13 @@ PRIVATE_APIS = [
     PrivateApi("aiohttp.web_protocol.RequestHandler._messages",
                "imds/http/aioserver.py Ec2RequestHandler.idle", _check_messages,
                lambda mp: _wrap_init(mp, RequestHandler, "_messages")),
+    PrivateApi("aiohttp.web_protocol.RequestHandler._request_count",
+               "imds/http/aioserver.py CappedHandler.eof_received (half-close)",
+               _check_request_count,
+               lambda mp: _wrap_init(mp, RequestHandler, "_request_count")),
+    PrivateApi("aiohttp.web_protocol.RequestHandler.finish_response(request, resp, "
+               "start_time)", "imds/http/aioserver.py CappedHandler.finish_response (override)",
+               _check_finish_response, _change_finish_response),
     PrivateApi("aiohttp.web_server.Server._loop",
                "imds/http/aioserver.py CappedServer.__init__, .loop, .aiohttp_protocol",
                _check_server_loop, lambda mp: _wrap_init(mp, Server, "_loop")),
