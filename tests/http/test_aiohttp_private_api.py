@@ -228,17 +228,17 @@ def _change_server_logger(monkeypatch: pytest.MonkeyPatch) -> None:
 
 PRIVATE_APIS = [
     PrivateApi("aiohttp.web_protocol.RequestHandler._request_in_progress",
-               "imds/http/aioserver.py Ec2RequestHandler.idle", _check_request_in_progress,
+               "imds/http/handlers.py Ec2RequestHandler.idle", _check_request_in_progress,
                lambda mp: _wrap_init(mp, RequestHandler, "_request_in_progress")),
     PrivateApi("aiohttp.web_protocol.RequestHandler._messages",
-               "imds/http/aioserver.py Ec2RequestHandler.idle", _check_messages,
+               "imds/http/handlers.py Ec2RequestHandler.idle", _check_messages,
                lambda mp: _wrap_init(mp, RequestHandler, "_messages")),
     PrivateApi("aiohttp.web_protocol.RequestHandler._request_count",
-               "imds/http/aioserver.py CappedHandler.eof_received (half-close)",
+               "imds/http/handlers.py CappedHandler.eof_received (half-close)",
                _check_request_count,
                lambda mp: _wrap_init(mp, RequestHandler, "_request_count")),
     PrivateApi("aiohttp.web_protocol.RequestHandler.finish_response(request, resp, "
-               "start_time)", "imds/http/aioserver.py CappedHandler.finish_response (override)",
+               "start_time)", "imds/http/handlers.py CappedHandler.finish_response (override)",
                _check_finish_response, _change_finish_response),
     PrivateApi("aiohttp.web_server.Server._loop",
                "imds/http/aioserver.py CappedServer.__init__, .loop, .aiohttp_protocol",
@@ -260,7 +260,7 @@ PRIVATE_APIS = [
                "imds/http/aioserver.py Limits.handler_args, CappedServer.aiohttp_protocol",
                _check_handler_arguments, _remove_handler_argument),
     PrivateApi("aiohttp.web_protocol.RequestHandler.handle_error(request, status, exc, "
-               "message)", "imds/http/aioserver.py Ec2RequestHandler.handle_error (override)",
+               "message)", "imds/http/handlers.py Ec2RequestHandler.handle_error (override)",
                _check_handle_error, _change_handle_error),
     PrivateApi("aiohttp.web_runner.AppRunner._make_server()",
                "imds/http/aioserver.py Runner._make_server (override)", _check_make_server,
