@@ -26,7 +26,7 @@ from imds.ec2.answer import Rules, answer
 from imds.ec2.guard import Guard
 from imds.ec2.tokens import TokenSigner
 from imds.ec2.tree import Directory
-from imds.http.hoplimit import limit_hops
+from imds.http.hoplimit import apply_hop_limit
 from imds.http.observer import Handler, Observer
 from imds.http.rolemap import Routes
 
@@ -72,8 +72,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     reply = answer(state.rules, request.method, request.path, request.headers.get,
                    request.remote or "", has_body=request.body_exists)
     # [N-05] the hop limit stays on the socket, so its connection carries nothing more.
-    close = reply.close or (reply.hop_limit > 0 and limit_hops(request.transport,
-                                                                reply.hop_limit))
+    hops_limited = apply_hop_limit(reply.hop_limit, request.transport)
+    close = reply.close or hops_limited
     return _respond(state, reply.status, reply.body, content_type=reply.content_type,
                     headers=reply.headers, close=close)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 from imds.ec2.answer import Reply, answer
 from imds.ec2.tree import Found
 from imds.http.app import State
-from imds.http.hoplimit import SocketHolder, limit_hops
+from imds.http.hoplimit import SocketHolder, apply_hop_limit
 from imds.http.plainhead import HEAD, Prefix
 from imds.logs import ACCESS, log_access
 
@@ -180,8 +180,8 @@ class Wire:
         path = match[2].decode("ascii")
         reply = answer(state.rules, method, path, headers.get, remote)
         # [N-05] the hop limit stays on the socket, so its connection carries nothing more.
-        close = (close or reply.close or state.config.connection_close
-                 or (reply.hop_limit > 0 and limit_hops(transport, reply.hop_limit)))
+        hops_limited = apply_hop_limit(reply.hop_limit, transport)
+        close = close or reply.close or hops_limited or state.config.connection_close
         response = self.encode(reply, close)
         lab = state.lab
         fetched = None

@@ -49,3 +49,13 @@ def limit_hops(transport: SocketHolder | None, hops: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def apply_hop_limit(hops: int, transport: SocketHolder | None) -> bool:
+    """
+    Set the hop limit a reply asks for (imds.ec2.answer.Reply.hop_limit; 0 asks for none)
+    on the connection's socket. True when it was set: the socket keeps the limit, so the
+    connection must close after this reply. Call it before deciding anything else about
+    the connection, never inside a short-circuiting condition.
+    """
+    return hops > 0 and limit_hops(transport, hops)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,12 +35,25 @@ from tests.conftest import make_config
 CLIENT = "10.0.0.7"
 
 
+class RecordingSocket:
+    """The socket options a connection set: an IPv4 socket that is only a record."""
+
+    family = socket.AF_INET
+
+    def __init__(self) -> None:
+        self.options: list[tuple[int, int, int]] = []
+
+    def setsockopt(self, level: int, name: int, value: int) -> None:
+        self.options.append((level, name, value))
+
+
 class MemoryTransport:
-    """The bytes a connection wrote and whether it closed: a transport with no socket."""
+    """The bytes a connection wrote and whether it closed: a transport with no network."""
 
     def __init__(self) -> None:
         self.written = bytearray()
         self.closed = False
+        self.socket = RecordingSocket()
 
     def write(self, data: bytes) -> None:
         self.written += data
@@ -51,6 +65,8 @@ class MemoryTransport:
         return self.closed
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self.socket
         return (CLIENT, 40000) if name == "peername" else default
 
     def pause_reading(self) -> None: ...
@@ -214,3 +230,30 @@ class TestEverySplit:
         assert b"HTTP/1.1 200 OK" == statuses["role-document"]
         assert b"HTTP/1.1 404 Not Found" == statuses["unknown-path"]
         assert b"HTTP/1.1 401 Unauthorized" == statuses["no-token"]
+
+
+class TestHopLimit:
+    def test_the_token_leaves_with_the_hop_limit_and_the_connection_closes(
+        self, loop: asyncio.AbstractEventLoop, wire: Wire
+    ) -> None:
+        """[N-05] the token answer's socket gets IP_TTL 1, whatever closes the connection."""
+        owner = MemoryOwner(loop, wire)
+        connection = FastPath(owner, wire)
+        transport = MemoryTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(requests(wire)[0][1])
+        assert transport.written.startswith(b"HTTP/1.1 200 OK")
+        assert [(socket.IPPROTO_IP, socket.IP_TTL, 1)] == transport.socket.options
+        assert transport.closed
+
+    def test_other_answers_leave_the_socket_as_it_is(
+        self, loop: asyncio.AbstractEventLoop, wire: Wire
+    ) -> None:
+        """Only the token answer is limited: metadata answers may cross any number of hops."""
+        owner = MemoryOwner(loop, wire)
+        connection = FastPath(owner, wire)
+        transport = MemoryTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(requests(wire)[1][1])
+        assert transport.written.startswith(b"HTTP/1.1 200 OK")
+        assert [] == transport.socket.options
