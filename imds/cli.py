@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
         try:
             signer = load_or_create(config.state_dir)
-        except ConfigError as exc:  # an unsafe state directory (imds.statedir)
+        except ConfigError as exc:  # an unsafe state directory (imds.instance.statedir)
             print(f"imds: configuration error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except StartupError as exc:
@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     logs.configure(config.log_level, config.log_format)
     try:
         _run(serve(config))
-    except ConfigError as exc:  # found at startup: an unsafe state directory (imds.statedir)
+    # Found at startup: an unsafe state directory (imds.instance.statedir).
+    except ConfigError as exc:
         print(f"imds: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StartupError as exc:

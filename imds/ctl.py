@@ -174,7 +174,7 @@ def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except CtlError as exc:
         print(f"imds ctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except ConfigError as exc:  # an unsafe state directory (imds.statedir)
+    except ConfigError as exc:  # an unsafe state directory (imds.instance.statedir)
         print(f"imds ctl: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if isinstance(result, str):

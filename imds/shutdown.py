@@ -10,7 +10,7 @@ the process exits 0. A second signal cuts the grace short.
 What may still be running then: a request held by a `latency` fault (up to five
 minutes), or a control API `rotate` waiting for a fetch from an STS that does not
 answer. The fetch itself is never waited for: it runs in a daemon thread that is left
-behind at exit (imds.sources.sts).
+behind at exit (imds.creds.sources.sts).
 """
 
 from __future__ import annotations

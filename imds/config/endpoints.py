@@ -39,7 +39,7 @@ class Endpoint:
 def parse_host(raw: str) -> str:
     """
     An address to listen on (`--host`, `--control-host`, the host of `--listen`): an IP
-    address, or a host name the resolver can take (imds.netguard.dns_name_problem), checked
+    address, or a host name the resolver can take (imds.ec2.guard.dns_name_problem), checked
     here so that a bad one is a setting error, never an exception from getaddrinfo.
     """
     text = str(raw).strip()

@@ -28,7 +28,7 @@ keeps from the loop is the bound below, which the event loop's own accept code l
 takes up to a backlog's worth of connections a turn, or all there are, before any
 protocol sees one).
 
-The loop takes no connection its listener cannot hold (imds.descriptors): before each
+The loop takes no connection its listener cannot hold (imds.http.descriptors): before each
 accept it checks the listener's descriptors against its cap and headroom, and each
 connection it adopts first makes room by closing the idlest one. When there is no room
 it stops reading the listening socket until a connection lets go, and the clients wait in
@@ -174,7 +174,7 @@ class Acceptor:
         for _ in range(BATCH):
             if not server.has_room():
                 # The closes the last adoptions caused are done on the event loop's next
-                # turn; until then the connections wait in the backlog (imds.descriptors).
+                # turn; until then the connections wait in the backlog (imds.http.descriptors).
                 self._pause()
                 server.wait_for_room(self)
                 return

@@ -96,7 +96,7 @@ class Connection(Protocol):
 
 
 class Waiter(Protocol):
-    """An accept loop waiting for `CappedServer` to have room (imds.acceptor)."""
+    """An accept loop waiting for `CappedServer` to have room (imds.http.acceptor)."""
 
     def resume(self) -> None: ...
 
@@ -127,7 +127,7 @@ class CappedServer(Server):
         # Live connections of both kinds, oldest first (dicts keep insertion order).
         self._live: dict[Connection, None] = {}
         self.evicted = 0
-        # What the descriptor budget counts besides the live (imds.descriptors): evicted
+        # What the descriptor budget counts besides the live (imds.http.descriptors): evicted
         # connections not closed yet, connections the accept loop is handing to the event
         # loop, and the accept loops waiting for the sum to fall below the limit.
         self._closing: dict[Connection, None] = {}
@@ -169,7 +169,7 @@ class CappedServer(Server):
         return len(self._live) + len(self._closing) + self._pending
 
     def has_room(self) -> bool:
-        """Whether the accept loop may take one more connection (imds.descriptors)."""
+        """Whether the accept loop may take one more connection (imds.http.descriptors)."""
         return self.held < self.held_max
 
     def wait_for_room(self, waiter: Waiter) -> None:
@@ -269,7 +269,7 @@ class Runner(web.AppRunner):
                  ec2: bool = True, max_connections: int | None = None,
                  **kwargs: Any) -> None:
         """
-        `max_connections` is the cap the open-file limit leaves (imds.descriptors.share);
+        `max_connections` is the cap the open-file limit leaves (imds.http.descriptors.share);
         by default `limits.max_connections`. `ec2` as for `CappedServer`.
         """
         super().__init__(app, handle_signals=False, **limits.handler_args(), **kwargs)

@@ -4,19 +4,19 @@ How the open-file limit (RLIMIT_NOFILE) is shared by the two listeners.
 Every connection holds a descriptor, and so do the listening sockets, the log, the state
 directory and the STS client's pool. Once the table is full, accept(2) fails with EMFILE
 for every listener of the process, and then no client is served at all: an idle crowd on
-one port starves the other. So each listener gets a connection cap (imds.httpd), and the
+one port starves the other. So each listener gets a connection cap (imds.http.aioserver), and the
 caps are chosen so that everything fits:
 
     metadata cap + its headroom + control cap + its headroom + SPARE <= RLIMIT_NOFILE
 
 A listener's *headroom* is what it may hold past its cap for a moment. The accept loop
-(imds.acceptor) makes room for each connection it gives the event loop before taking the
+(imds.http.acceptor) makes room for each connection it gives the event loop before taking the
 next, by closing the idlest one; but the event loop lets go of a closed connection's
 descriptor only on its next turn. Those closes in flight (`CappedServer.held`) are what
 the headroom holds: a whole accept batch of them. The accept loop takes no connection
 while held is at cap + headroom, so the sum above is a bound, not an estimate.
 
-The control listener's cap is small and fixed (imds.control), and the metadata listener
+The control listener's cap is small and fixed (imds.lab.control), and the metadata listener
 gets the rest: however the control port is flooded, it cannot take a descriptor the
 metadata port counts on.
 """

@@ -269,7 +269,7 @@ class FastPath(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._remote = ""
         self._buffer: bytearray | None = None
-        # Whether the head in `_buffer` may still become a plain one (imds.plainhead).
+        # Whether the head in `_buffer` may still become a plain one (imds.http.plainhead).
         self._prefix: Prefix | None = None
         self._loop = server.loop
         # The idle timeout (imds.http.aioserver.Limits): a complete request must arrive by this loop
@@ -286,7 +286,7 @@ class FastPath(asyncio.Protocol):
             self._transport.close()
 
     def evict(self) -> None:
-        # The connection cap wants the descriptor back (imds.httpd.CappedServer): a close
+        # The connection cap wants the descriptor back (imds.http.aioserver.CappedServer): a close
         # would wait for a client that does not read to take what is unsent.
         if self._transport is not None:
             self._transport.abort()

@@ -1,5 +1,5 @@
 """
-What a plain request head is: the one shape the fast path (imds.fastpath) answers itself,
+What a plain request head is: the one shape the fast path (imds.http.fastpath) answers itself,
 as a whole (`HEAD`) and while it is still arriving (`Prefix`).
 
 aiohttp's parser (llhttp, strict) judges a request byte by byte and answers 400 at the
@@ -133,7 +133,7 @@ class Prefix:
                 at += 1
                 phase = _LINE if phase == _LINE_LF else _DONE
             else:
-                # Complete: what follows is the fast path's business (imds.fastpath).
+                # Complete: what follows is the fast path's business (imds.http.fastpath).
                 break
         self._at, self._phase = at, phase
         return True

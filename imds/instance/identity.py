@@ -105,10 +105,10 @@ def load_or_create(state_dir: str | Path) -> IdentitySigner:
     """
     The signer of this state directory: its key and certificate, created on first use.
 
-    Created under the state directory's lock (imds.statedir), so servers starting at once
+    Created under the state directory's lock (imds.instance.statedir), so servers starting at once
     make one key and one certificate and all sign with the ones on disk.
 
-    Raises ConfigError when the directory is unsafe to trust (imds.statedir), StartupError
+    Raises ConfigError when the directory is unsafe to trust (imds.instance.statedir), StartupError
     when it cannot be created or holds unusable files.
     """
     directory = Path(state_dir)

@@ -60,7 +60,7 @@ def resolve(config: Config) -> Config:
         return config
     new = "i-0" + secrets.token_hex(8)
     try:
-        # Locked and checked (imds.statedir): servers starting at once keep one id.
+        # Locked and checked (imds.instance.statedir): servers starting at once keep one id.
         with locked(config.state_dir) as directory:
             write_once(directory / INSTANCE_ID_FILE, new.encode("ascii"), 0o644)
     except OSError as exc:

@@ -6,7 +6,7 @@ to rotate, revoke or break it. Nor can it crowd the metadata listener out: it ho
 most 32 connections (`CONTROL_LIMITS`; the idlest is closed to make room, as on the
 metadata port), each waiting at most 5 s for a complete request, and its descriptors come
 out of the open-file limit beside the metadata port's, never out of them
-(imds.descriptors).
+(imds.http.descriptors).
 
 Every endpoint but the timeline page itself needs `Authorization: Bearer <token>`. The
 page is static (it holds no data) and reads the token from its URL *fragment*
@@ -64,7 +64,7 @@ PAGE = web.AppKey("page", bytes)
 REFUSALS = web.AppKey("refusals", Throttle)
 
 # A person, `imds ctl`, a timeline page or two and a Prometheus scraper need a few
-# connections, not the metadata port's thousand (imds.descriptors).
+# connections, not the metadata port's thousand (imds.http.descriptors).
 CONTROL_LIMITS = httpd.Limits(max_connections=32, idle_timeout=5.0)
 
 TOKEN_FILE = "control-token"
@@ -91,11 +91,11 @@ def load_or_create_token(state_dir: str) -> str:
     The control token kept in the state directory, created (mode 0600) on first use, so
     `imds ctl` finds it and it survives restarts.
 
-    Raises ConfigError when the state directory is unsafe to trust (imds.statedir).
+    Raises ConfigError when the state directory is unsafe to trust (imds.instance.statedir).
     """
     path = Path(state_dir) / TOKEN_FILE
     try:
-        # Checked and locked (imds.statedir): a token another user planted is refused, and
+        # Checked and locked (imds.instance.statedir): a token another user planted is refused, and
         # servers starting at once all use the one token on disk.
         with locked(state_dir):
             if not path.exists():
@@ -367,7 +367,7 @@ async def start_control(config: Config, lab: Lab, token: str, *,
                         max_connections: int = CONTROL_LIMITS.max_connections) -> Control:
     """
     Bind the control listener; a busy port is a startup error, like the metadata one.
-    `max_connections` is what the open-file limit leaves it (imds.descriptors.share).
+    `max_connections` is what the open-file limit leaves it (imds.http.descriptors.share).
     """
     # Polled every second by the timeline page: no access log (it would drown the rest).
     # aiohttp's own answers (ec2=False): this is a JSON API, not EC2's. Malformed requests
@@ -381,7 +381,7 @@ async def start_control(config: Config, lab: Lab, token: str, *,
     site = runner.site(config.control_host, config.control_port)
     try:
         await site.start()
-    except (OSError, UnicodeError) as exc:  # UnicodeError: as in imds.listen.start_sites
+    except (OSError, UnicodeError) as exc:  # UnicodeError: as in imds.http.listen.start_sites
         await runner.cleanup()
         raise StartupError(f"control API: cannot listen on {config.control_host}:"
                            f"{config.control_port}: {bind_error(exc)}") from exc

@@ -30,7 +30,7 @@ from tests.support.sts_support import StsProxy
 
 HOUR = 3600.0
 
-# The default slice of the rotator's sleep (imds.rotation.CLOCK_CHECK) plus scheduling
+# The default slice of the rotator's sleep (imds.creds.rotation.CLOCK_CHECK) plus scheduling
 # slack: "within a few seconds" of a jump, where it used to be the rest of a lifetime.
 WITHIN = 5.0
 

@@ -1,6 +1,6 @@
 """
 Servers on free metadata ports get free control ports too, so that two of them on one
-machine never contend for 1339 (imds.config.finish, imds.control); each prints the control
+machine never contend for 1339 (imds.config.finish, imds.lab.control); each prints the control
 URL it got and publishes it for `imds ctl`.
 """
 

@@ -1,8 +1,8 @@
 """
 Descriptor pressure: under a lowered open-file limit (RLIMIT_NOFILE), a flood of idle
 connections on either port keeps neither port from serving a new SDK client, and the
-control listener holds few connections, and none for long (imds.descriptors,
-imds.acceptor, imds.control).
+control listener holds few connections, and none for long (imds.http.descriptors,
+imds.http.acceptor, imds.lab.control).
 
 `imds serve` runs as its own process with `ulimit -n` lowered, with and without uvloop
 (the CLI has no switch for the event loop: tests.support.processes.WITHOUT_UVLOOP hides uvloop),
@@ -42,7 +42,7 @@ HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 needs_uvloop = pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is not installed")
 
 # How long probes go on once the flood starts: the flood's silent connections reach the
-# server a second or two after they connect (deferred accept, imds.acceptor).
+# server a second or two after they connect (deferred accept, imds.http.acceptor).
 PROBE_FOR = 4.0
 # A server that says what went wrong once says it in far less; one that logs each failed
 # accept wrote 84 MB in 10 s.

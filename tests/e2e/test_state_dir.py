@@ -1,5 +1,5 @@
 """
-The state directory (imds.statedir): servers that start at once on one directory all sign
+The state directory (imds.instance.statedir): servers that start at once on one directory all sign
 with the certificate on disk, and a directory or file that another user owns or can write
 is refused as ssh refuses one, before anything in it is used.
 """

@@ -2,7 +2,7 @@
 The fast path and aiohttp give the same answer to the same bytes.
 
 Which path a request takes depends on its shape and on the faults injected at the time
-(imds.fastpath), so where the two differ, the same client works and then stops working.
+(imds.http.fastpath), so where the two differ, the same client works and then stops working.
 A default server and a `--fast-path false` one are sent the same raw requests over real
 sockets, and what comes back must be the same: status line, headers, body, and whether
 the server ends the connection or leaves it open. The corpus is a table of SDK-like
@@ -128,7 +128,7 @@ async def converse(port: int, case: Case) -> tuple[bytes, str]:
 _MASKS = [
     (re.compile(rb"\r\nDate: [^\r]*"), rb"\r\nDate: (date)"),
     (re.compile(rb"\r\nLast-Modified: [^\r]*"), rb"\r\nLast-Modified: (started)"),
-    # A token [T-07] (imds.tokens: 56 characters, `AQAEA` first).
+    # A token [T-07] (imds.ec2.tokens: 56 characters, `AQAEA` first).
     (re.compile(rb"AQAEA[A-Za-z0-9_-]{49}=="), rb"(token)"),
     (re.compile(rb'"(AccessKeyId|SecretAccessKey|Token)" : "[^"]*"'), rb'"\1" : "(random)"'),
 ]

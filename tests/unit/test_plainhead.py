@@ -1,5 +1,5 @@
 """
-The plain head's grammar while a head arrives (imds.plainhead.Prefix), in memory: every
+The plain head's grammar while a head arrives (imds.http.plainhead.Prefix), in memory: every
 piece of a request the fast path answers keeps it waiting for the rest, and a head that
 can no longer be one is refused at the byte that says so, however the head is split.
 """
