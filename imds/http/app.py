@@ -1,10 +1,11 @@
 """
-The aiohttp application: one handler that answers every request the way EC2 does.
+The aiohttp application: one handler that sends EC2's answer to every request.
 
-A single catch-all route keeps EC2's statuses under our control for any method and path
-(aiohttp's router would answer unknown methods with its own 405 page), and keeps the
-request path short: verify a token (an HMAC, no lock, no I/O), walk a dict tree, send
-bytes rendered ahead of time.
+The answer is worked out by the pure core (imds.ec2.answer); this module turns it into an
+aiohttp response and sets the token's hop limit on the socket. A single catch-all route
+keeps EC2's statuses under our control for any method and path (aiohttp's router would
+answer unknown methods with its own 405 page), and keeps the request path short: verify a
+token (an HMAC, no lock, no I/O), walk a dict tree, send bytes rendered ahead of time.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.utils import format_datetime
@@ -29,8 +29,6 @@ from imds.ec2.tree import Directory
 from imds.http.hoplimit import apply_hop_limit
 from imds.http.observer import Handler, Observer
 from imds.http.rolemap import Routes
-
-log = logging.getLogger("imds.app")
 
 
 @dataclass(frozen=True, slots=True)
