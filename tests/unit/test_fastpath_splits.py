@@ -129,13 +129,20 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def feed(loop: asyncio.AbstractEventLoop, wire: Wire, pieces: list[bytes]) -> Outcome:
-    """Send `pieces` one after another on a new connection; what came of them."""
-    wire.kept.clear()  # a kept answer is the same bytes; start each run alike anyway
+def connect(loop: asyncio.AbstractEventLoop,
+            wire: Wire) -> tuple[MemoryOwner, FastPath, MemoryTransport]:
+    """A new fast-path connection on an in-memory transport."""
     owner = MemoryOwner(loop, wire)
     connection = FastPath(owner, wire)
     transport = MemoryTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
+    return owner, connection, transport
+
+
+def feed(loop: asyncio.AbstractEventLoop, wire: Wire, pieces: list[bytes]) -> Outcome:
+    """Send `pieces` one after another on a new connection; what came of them."""
+    wire.kept.clear()  # a kept answer is the same bytes; start each run alike anyway
+    owner, connection, transport = connect(loop, wire)
     # Once handed over, the connection's later bytes go to aiohttp's protocol directly.
     to_aiohttp = bytearray()
     for piece in pieces:
@@ -237,10 +244,7 @@ class TestHopLimit:
         self, loop: asyncio.AbstractEventLoop, wire: Wire
     ) -> None:
         """[N-05] the token answer's socket gets IP_TTL 1, whatever closes the connection."""
-        owner = MemoryOwner(loop, wire)
-        connection = FastPath(owner, wire)
-        transport = MemoryTransport()
-        connection.connection_made(transport)  # type: ignore[arg-type]
+        _, connection, transport = connect(loop, wire)
         connection.data_received(requests(wire)[0][1])
         assert transport.written.startswith(b"HTTP/1.1 200 OK")
         assert [(socket.IPPROTO_IP, socket.IP_TTL, 1)] == transport.socket.options
@@ -250,10 +254,7 @@ class TestHopLimit:
         self, loop: asyncio.AbstractEventLoop, wire: Wire
     ) -> None:
         """Only the token answer is limited: metadata answers may cross any number of hops."""
-        owner = MemoryOwner(loop, wire)
-        connection = FastPath(owner, wire)
-        transport = MemoryTransport()
-        connection.connection_made(transport)  # type: ignore[arg-type]
+        _, connection, transport = connect(loop, wire)
         connection.data_received(requests(wire)[1][1])
         assert transport.written.startswith(b"HTTP/1.1 200 OK")
         assert [] == transport.socket.options
