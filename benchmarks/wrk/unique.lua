@@ -1,5 +1,5 @@
 -- GET the credentials as get.lua does, but every request with a header value no other
--- request carries: imds can send no kept answer (imds.fastpath) and works each one out,
+-- request carries: imds can send no kept answer (imds.http.fastpath) and works each one out,
 -- the cost an SDK meets with a token it has not used before. nginx ignores the header.
 local token = os.getenv("IMDS_TOKEN")
 local threads = 0
