@@ -32,8 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    common.add_argument("--config", dest="config_file", metavar="FILE",
-                        help="TOML file of settings (env IMDS_CONFIG)")
+    # One heading per part (imds.config.options.GROUPS), each flag with its default.
+    groups = {title: common.add_argument_group(title) for title in cfg.GROUPS}
+    groups[cfg.GROUPS[0]].add_argument(
+        "--config", dest="config_file", metavar="FILE",
+        help="TOML file of settings (default: none; env IMDS_CONFIG)")
     for option in cfg.OPTIONS:
         extra: dict[str, Any] = {}
         if option.repeated:
@@ -41,8 +44,13 @@ def _parser() -> argparse.ArgumentParser:
         elif option.is_flag:
             # `--extended-credentials` alone means true; `--extended-credentials false` works.
             extra.update(nargs="?", const="true")
-        common.add_argument(option.flag, dest=option.key, metavar=option.metavar,
-                            help=f"{option.help} (env {option.env})", **extra)
+        # Shown, not enforced: the option's own parser checks (and takes `INFO` too).
+        metavar = "{" + ",".join(option.choices) + "}" if option.choices else option.metavar
+        text = f"{option.help} (default: {option.default}; env {option.env})"
+        groups[option.group].add_argument(
+            option.flag, dest=option.key, metavar=metavar,
+            # argparse expands %-formats in help text.
+            help=text.replace("%", "%%"), **extra)
 
     sub.add_parser("serve", parents=[common], allow_abbrev=False,
                    help="run the metadata service")

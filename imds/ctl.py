@@ -25,10 +25,11 @@ from typing import Any
 
 from imds.config import CONTROL_PORT
 from imds.config.instance import default_state_dir
+from imds.config.options import LIFETIME_RANGE, REFRESH_AHEAD_RANGE
 from imds.errors import ConfigError, CtlError
 from imds.instance import statedir
 from imds.lab.control import TOKEN_FILE, URL_FILE
-from imds.lab.faultspec import KINDS
+from imds.lab.faultspec import BODY_MODES, DROP_MODES, KINDS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -130,13 +131,17 @@ def add_parser(sub: Any) -> None:
     """The `ctl` subcommand and its own subcommands, on the `imds` parser."""
     ctl = sub.add_parser("ctl", help="drive a running server: rotate, expire, revoke, "
                                      "inject faults, show status")
-    ctl.add_argument("--control-url", metavar="URL", help="env IMDS_CONTROL_URL; default: "
-                     "state_dir/control-url, else http://127.0.0.1:1339")
+    ctl.add_argument("--control-url", metavar="URL",
+                     help="the control API (default: state_dir/control-url, else "
+                          f"http://127.0.0.1:{CONTROL_PORT}; env IMDS_CONTROL_URL)")
     ctl.add_argument("--control-token", metavar="TOKEN",
-                     help="env IMDS_CONTROL_TOKEN; default: state_dir/control-token")
-    ctl.add_argument("--state-dir", metavar="DIR", help="the server's state directory "
-                     "(env IMDS_STATE_DIR)")
-    ctl.add_argument("--json", action="store_true", help="print the API's JSON answer")
+                     help="its bearer token (default: state_dir/control-token; "
+                          "env IMDS_CONTROL_TOKEN)")
+    ctl.add_argument("--state-dir", metavar="DIR",
+                     help="the server's state directory (default: $XDG_STATE_HOME/imds, else "
+                          "~/.local/state/imds; env IMDS_STATE_DIR)")
+    ctl.add_argument("--json", action="store_true",
+                     help="print the API's JSON answer (default: a summary)")
     actions = ctl.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("status", help="credentials, next rotation, faults, recent fetches")
     for name, text in (("rotate", "new credentials now"),
@@ -147,22 +152,34 @@ def add_parser(sub: Any) -> None:
         action = actions.add_parser(name, help=text)
         action.add_argument("--role", help="a role of --role-map (default: the server's)")
     settings = actions.add_parser("set", help="change lifetime and refresh-ahead now")
+    low, high = LIFETIME_RANGE
     settings.add_argument("--lifetime", type=int, metavar="SECONDS",
-                          help="lifetime of the next credentials (local source)")
-    settings.add_argument("--refresh-ahead", type=int, metavar="SECONDS")
-    settings.add_argument("--role")
+                          help=f"lifetime of the next credentials, {low}..{high} (local "
+                               "source only; default: unchanged)")
+    low, high = REFRESH_AHEAD_RANGE
+    settings.add_argument("--refresh-ahead", type=int, metavar="SECONDS",
+                          help=f"replace credentials this many seconds before they expire, "
+                               f"{low}..{high} (default: unchanged)")
+    settings.add_argument("--role", help="a role of --role-map (default: the server's)")
     fault = actions.add_parser(
         "fault", help="inject a fault (KIND), or `fault list`, `fault clear [--id ID]`")
     fault.add_argument("kind", choices=(*KINDS, "list", "clear"), metavar="KIND",
                        help=f"one of {', '.join(KINDS)}; or list, clear")
     fault.add_argument("--path", action="append", default=[], metavar="PATH",
-                       help="a path prefix or glob (`*` crosses /); repeatable; default all")
-    fault.add_argument("--count", type=int, help="affect this many requests (fetches)")
-    fault.add_argument("--duration", type=float, metavar="SECONDS", help="last this long")
-    fault.add_argument("--status", type=int, help="status: default 503; token: 403|404|405")
-    fault.add_argument("--delay", type=float, metavar="SECONDS", help="latency: default 2")
-    fault.add_argument("--mode", help="drop: reset|close; body: empty|truncated")
-    fault.add_argument("--id", help="with clear: only this fault")
+                       help="a path prefix or glob (`*` crosses /); repeatable "
+                            "(default: all paths)")
+    fault.add_argument("--count", type=int,
+                       help="affect this many requests (fetches) (default: no limit)")
+    fault.add_argument("--duration", type=float, metavar="SECONDS",
+                       help="last this long (default: until cleared)")
+    fault.add_argument("--status", type=int,
+                       help="status: the status answered (default: 503); token: "
+                            "403|404|405 (default: 404)")
+    fault.add_argument("--delay", type=float, metavar="SECONDS",
+                       help="latency: seconds of delay (default: 2)")
+    fault.add_argument("--mode", help=f"drop: {'|'.join(DROP_MODES)} (default: {DROP_MODES[0]}); "
+                                      f"body: {'|'.join(BODY_MODES)} (default: {BODY_MODES[0]})")
+    fault.add_argument("--id", help="with clear: only this fault (default: all)")
     actions.add_parser("url", help="print the timeline page's URL, with the token")
     actions.add_parser("metrics", help="print /metrics")
 

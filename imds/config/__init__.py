@@ -24,12 +24,13 @@ from imds.config.load import (
     saved_instance_id,
 )
 from imds.config.model import CONTROL_PORT, DEFAULT_ACCOUNT_ID, ENV_PREFIX, Config
-from imds.config.options import OPTIONS, Option
+from imds.config.options import GROUPS, OPTIONS, Option
 
 __all__ = [
     "CONTROL_PORT",
     "DEFAULT_ACCOUNT_ID",
     "ENV_PREFIX",
+    "GROUPS",
     "INSTANCE_ID_FILE",
     "OPTIONS",
     "Config",

@@ -10,13 +10,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 
 from imds.config import instance as inst
 from imds.config import sts
 from imds.config.endpoints import parse_endpoint, parse_host
-from imds.config.model import CONTROL_PORT, ENV_PREFIX
+from imds.config.model import CONTROL_PORT, DEFAULT_ACCOUNT_ID, ENV_PREFIX, Config
 from imds.ec2.guard import parse_host_name, parse_network
 from imds.ec2.wire import HOP_LIMIT_MAX, HOP_LIMIT_MIN
 
@@ -50,14 +50,21 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
     return _IntRange(low, high)
 
 
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """One of a few words (a class, so `--help` can list them)."""
+
+    choices: tuple[str, ...]
+
+    def __call__(self, raw: str) -> str:
         value = raw.strip().lower()
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        if value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}, got {raw!r}")
         return value
 
-    return parse
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    return _Choice(choices)
 
 
 def _bool(raw: str) -> bool:
@@ -126,6 +133,11 @@ class Option:
     url: bool = False
     # A TOML table gives one item as its fields (`[[network_interfaces]]`).
     table: bool = False
+    # The default, said in words, when it is computed rather than a Config field's value
+    # ("the region + 'a'"); otherwise `--help` shows the Config field's default.
+    default_text: str = ""
+    # The `--help` heading it is listed under (one of GROUPS); set by `_group`.
+    group: str = ""
 
     @property
     def is_flag(self) -> bool:
@@ -138,6 +150,30 @@ class Option:
         if self.is_flag:
             return "boolean"
         return "integer" if isinstance(self.parse, _IntRange) else "string"
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The words it takes, when it takes only a few (shown as `{a,b}` in `--help`)."""
+        if self.is_flag:
+            return ("true", "false")
+        return self.parse.choices if isinstance(self.parse, _Choice) else ()
+
+    @property
+    def default(self) -> str:
+        """
+        The default as `--help` shows it: the Config field's default, or how it is computed,
+        or "none". A secret's default value is never shown.
+        """
+        if self.default_text:
+            return self.default_text
+        value = _DEFAULTS.get(self.key)
+        if self.masked or value is None or value in ("", ()):
+            return "none"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, tuple):
+            return ", ".join(str(item) for item in value)
+        return str(value)
 
     @property
     def flag(self) -> str:
@@ -155,165 +191,204 @@ _STS_NAME = _pattern(r"[\w+=,.@-]{2,64}", "2-64 characters of letters, digits an
 _EXTERNAL_ID = _pattern(r"[\w+=,.@:/-]{2,1224}",
                         "2-1224 characters of letters, digits and +=,.@:/_-", re.ASCII)
 
+# The `--help` headings, in the order they are listed.
+SERVER = "server"
+CREDENTIALS = "credentials and STS"
+INSTANCE = "instance"
+CONTAINERS = "containers"
+LIMITS = "limits"
+LAB = "lab"
+GROUPS = (SERVER, CREDENTIALS, INSTANCE, CONTAINERS, LIMITS, LAB)
+
+
+def _group(title: str, *options: Option) -> tuple[Option, ...]:
+    return tuple(replace(option, group=title) for option in options)
+
+
+_NONE_LOCAL = "none: locally minted credentials"
+
+# The table keeps its historical order (`imds config` lists settings in it); the groups
+# only decide where `--help` lists each.
 OPTIONS: tuple[Option, ...] = (
-    Option("host", parse_host, "address to listen on", "ADDR"),
-    Option("port", _int_range(0, 65535), "port to listen on; 0 picks a free one", "PORT"),
-    Option("listen", parse_endpoint,
-           "listen on ADDR[:PORT] or [IPv6][:PORT] instead of --host; repeatable, e.g. "
-           "169.254.169.254:80 and [fd00:ec2::254]:80", "ADDR:PORT", repeated=True),
-    Option("hop_limit", _int_range(HOP_LIMIT_MIN, HOP_LIMIT_MAX),
-           "IP TTL / IPv6 hop limit of the token response, as EC2's "
-           "HttpPutResponseHopLimit (1..64)", "N"),
-    Option("role_map", _path,
-           "TOML file mapping client addresses or CIDRs to role names or ARNs", "FILE"),
-    Option("allow_client", parse_network,
-           "serve only callers in this network (403 to others); repeatable", "CIDR",
-           repeated=True),
-    Option("allow_host", parse_host_name,
-           "also accept this name in the Host header (IP literals and localhost always "
-           "are; * turns the check off); repeatable", "NAME", repeated=True),
-    Option(
-        "http_tokens",
-        _choice("required", "optional"),
-        "required: IMDSv2 only (401 without a token); optional: IMDSv1 too",
-        "MODE",
+    *_group(
+        SERVER,
+        Option("host", parse_host, "address to listen on", "ADDR"),
+        Option("port", _int_range(0, 65535), "port to listen on; 0 picks a free one", "PORT"),
     ),
-    Option("role_name", sts.role_name,
-           "role name to serve (ignored with --role-arn: the role's own name is served)",
-           "NAME"),
-    Option(
-        "credential_lifetime",
-        _int_range(*LIFETIME_RANGE),
-        "seconds each locally minted credential set is valid (ignored with --role-arn: "
-        "see --duration)",
-        "SECONDS",
+    *_group(
+        CONTAINERS,
+        Option("listen", parse_endpoint,
+               "listen on ADDR[:PORT] or [IPv6][:PORT] instead of --host; repeatable, e.g. "
+               "169.254.169.254:80 and [fd00:ec2::254]:80", "ADDR:PORT", repeated=True,
+               default_text="none: --host and --port"),
+        Option("hop_limit", _int_range(HOP_LIMIT_MIN, HOP_LIMIT_MAX),
+               "IP TTL / IPv6 hop limit of the token response, as EC2's "
+               f"HttpPutResponseHopLimit ({HOP_LIMIT_MIN}..{HOP_LIMIT_MAX})", "N"),
+        Option("role_map", _path,
+               "TOML file mapping client addresses or CIDRs to role names or ARNs", "FILE",
+               default_text="none: every client gets the one role"),
+        Option("allow_client", parse_network,
+               "serve only callers in this network (403 to others); repeatable", "CIDR",
+               repeated=True, default_text="none: every caller"),
+        Option("allow_host", parse_host_name,
+               "also accept this name in the Host header (IP literals and localhost always "
+               "are; * turns the check off); repeatable", "NAME", repeated=True),
     ),
-    Option(
-        "refresh_ahead",
-        _int_range(*REFRESH_AHEAD_RANGE),
-        "serve new credentials this many seconds before the old expire (at most half the "
-        "lifetime)",
-        "SECONDS",
+    *_group(
+        SERVER,
+        Option("http_tokens", _choice("required", "optional"),
+               "required: IMDSv2 only (401 without a token); optional: IMDSv1 too", "MODE"),
     ),
-    # Real credentials from STS (docs/sts.md). The options after role_arn need it.
-    Option("role_arn", sts.role_arn,
-           "serve this role's real credentials, assumed through STS with your own AWS "
-           "credentials; repeat to chain (assume the first, from it the second, …)",
-           "ARN", repeated=True),
-    Option("role_session_name", _optional(_STS_NAME),
-           "RoleSessionName (default: imds-<your user name>)", "NAME"),
-    Option("external_id", _optional(_EXTERNAL_ID),
-           "ExternalId for the last role's trust policy", "ID"),
-    Option("duration", _int_range(sts.DURATION_MIN, sts.DURATION_MAX),
-           "seconds each assumed-role session lasts (chained roles: at most 3600)", "SECONDS"),
-    Option("policy_file", sts.policy_file,
-           "JSON session policy that narrows the served session", "FILE"),
-    Option("policy_arn", sts.policy_arn,
-           "managed policy ARN as a session policy; repeatable", "ARN", repeated=True),
-    Option("session_tag", sts.session_tag,
-           "session tag KEY=VALUE on the served session; repeatable", "KEY=VALUE",
-           repeated=True, pairs=True),
-    Option("source_identity", _optional(_STS_NAME),
-           "SourceIdentity set on the first AssumeRole (kept through the chain)", "NAME"),
-    Option("profile", _text,
-           "AWS profile whose credentials assume the role (default: the standard chain)",
-           "NAME"),
-    Option("sts_endpoint_url", sts.endpoint_url,
-           "STS endpoint (default: the region's; e.g. LocalStack or moto)", "URL", url=True),
-    Option("check_trust", _bool,
-           "at startup, read the role's trust policy and warn unless it trusts "
-           "ec2.amazonaws.com", "BOOL"),
-    Option("account_id", _pattern(r"\d{12}", "a 12-digit account id"), "AWS account id", "ID"),
-    Option("region", _pattern(r"[a-z]{2}(-[a-z]+)+-\d", "a region like us-east-1"),
-           "region of the instance; with --role-arn also the STS region called", "REGION"),
-    Option(
-        "availability_zone",
-        _pattern(r"[a-z]{2}(-[a-z]+)+-\d[a-z]", "a zone like us-east-1a"),
-        "availability zone (default: the region + 'a')",
-        "ZONE",
+    *_group(
+        CREDENTIALS,
+        Option("role_name", sts.role_name,
+               "role name to serve (ignored with --role-arn: the role's own name is served)",
+               "NAME"),
+        Option("credential_lifetime", _int_range(*LIFETIME_RANGE),
+               "seconds each locally minted credential set is valid "
+               f"({LIFETIME_RANGE[0]}..{LIFETIME_RANGE[1]}; ignored with --role-arn: see "
+               "--duration)", "SECONDS"),
+        Option("refresh_ahead", _int_range(*REFRESH_AHEAD_RANGE),
+               "serve new credentials this many seconds before the old expire (at most half "
+               "the lifetime)", "SECONDS"),
+        # Real credentials from STS (docs/sts.md). The options after role_arn need it.
+        Option("role_arn", sts.role_arn,
+               "serve this role's real credentials, assumed through STS with your own AWS "
+               "credentials; repeat to chain (assume the first, from it the second, …)",
+               "ARN", repeated=True, default_text=_NONE_LOCAL),
+        Option("role_session_name", _optional(_STS_NAME), "RoleSessionName", "NAME",
+               default_text="imds-<your user name>"),
+        Option("external_id", _optional(_EXTERNAL_ID),
+               "ExternalId for the last role's trust policy", "ID"),
+        Option("duration", _int_range(sts.DURATION_MIN, sts.DURATION_MAX),
+               "seconds each assumed-role session lasts (chained roles: at most 3600)",
+               "SECONDS"),
+        Option("policy_file", sts.policy_file,
+               "JSON session policy that narrows the served session", "FILE"),
+        Option("policy_arn", sts.policy_arn,
+               "managed policy ARN as a session policy; repeatable", "ARN", repeated=True),
+        Option("session_tag", sts.session_tag,
+               "session tag KEY=VALUE on the served session; repeatable", "KEY=VALUE",
+               repeated=True, pairs=True),
+        Option("source_identity", _optional(_STS_NAME),
+               "SourceIdentity set on the first AssumeRole (kept through the chain)", "NAME"),
+        Option("profile", _text, "AWS profile whose credentials assume the role", "NAME",
+               default_text="the standard credential chain"),
+        Option("sts_endpoint_url", sts.endpoint_url,
+               "STS endpoint, e.g. LocalStack or moto", "URL", url=True,
+               default_text="the region's"),
+        Option("check_trust", _bool,
+               "at startup, read the role's trust policy and warn unless it trusts "
+               "ec2.amazonaws.com", "BOOL"),
     ),
-    Option("instance_id", _pattern(r"i-[0-9a-f]{8,17}", "an id like i-0123456789abcdef0"),
-           "instance id (default: generated once, kept in the state dir)", "ID"),
-    Option("instance_type", _pattern(r"[a-z0-9-]+\.[a-z0-9]+", "a type like m5.large"),
-           "instance type", "TYPE"),
-    Option("ami_id", _pattern(r"ami-[0-9a-f]{8,17}", "an id like ami-0abc…"), "AMI id", "ID"),
-    Option("private_ip", _ipv4, "private IPv4 address", "ADDR"),
-    Option("mac", _pattern(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", "a MAC like 0e:49:61:0f:c3:11"),
-           "MAC address of eth0", "MAC"),
-    Option("availability_zone_id",
-           _optional(_pattern(r"[a-z]{2,5}\d+-az\d+", "an id like use1-az1")),
-           "availability zone id (default: derived from the zone)", "ID"),
-    Option("architecture", _choice("x86_64", "arm64", "i386"),
-           "architecture in the identity document", "ARCH"),
-    Option("public_ip", _optional(_ipv4),
-           "public IPv4 of eth0; public-ipv4 and public-hostname exist only with one", "ADDR"),
-    Option("hostname", _optional(_pattern(r"[a-z0-9.-]+", "a DNS name")),
-           "private DNS name (default: ip-A-B-C-D.<region domain>)", "NAME"),
-    Option("public_hostname", _optional(_pattern(r"[a-z0-9.-]+", "a DNS name")),
-           "public DNS name (default: ec2-A-B-C-D.<region domain>, with a public IP)", "NAME"),
-    Option("ipv6", _optional(inst.ipv6), "IPv6 address of eth0 (default: none)", "ADDR"),
-    Option("security_groups", _pattern(r"[\w .:/()#,@\[\]+=&;{}!$*-]{1,255}",
-                                        "a security group name"),
-           "security group name; repeat for several", "NAME", repeated=True),
-    Option("network_interfaces", inst.interface,
-           "an extra interface: mac=…,private-ip=…[,public-ip=…][,ipv6=…]; repeatable",
-           "SPEC", repeated=True, table=True),
-    Option("key_name", _pattern(r"[\x20-\x7e]{1,255}", "a key pair name"),
-           "key pair name shown in public-keys/", "NAME"),
-    Option("public_key", inst.openssh_key,
-           "OpenSSH public key line; public-keys/ exists only with one", "KEY"),
-    Option("tags", inst.tag, "instance tag KEY=VALUE; repeatable", "KEY=VALUE",
-           repeated=True, pairs=True),
-    Option("instance_metadata_tags", _bool,
-           "expose tags under meta-data/tags/instance (EC2 default: off)", "BOOL"),
-    Option("user_data", _text, "user data, inline text", "TEXT", masked=True),
-    Option("user_data_file", _path, "user data read (as bytes) from this file at startup",
-           "FILE"),
-    Option("spot_instance_action", inst.spot_action,
-           "pending Spot interruption: terminate|stop|hibernate[@TIME]", "ACTION[@TIME]"),
-    Option("maintenance_events", inst.maintenance_event,
-           "a maintenance event CODE[,state=…][,not-before=TIME][,not-after=TIME]; repeatable",
-           "EVENT", repeated=True, table=True),
-    Option("extended_credentials", _bool,
-           "also serve iam/security-credentials-extended/ with AccountId", "BOOL"),
-    Option("state_dir", _path,
-           "directory for the identity key, certificate and instance id "
-           "(default: $XDG_STATE_HOME/imds or ~/.local/state/imds)", "DIR"),
-    Option("log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
-    Option("log_format", _choice("text", "json"), "log line format", "FORMAT"),
-    Option(
-        "connection_close",
-        _bool,
-        "close every connection after its response, as EC2 does (true|false)",
-        "BOOL",
+    *_group(
+        INSTANCE,
+        Option("account_id", _pattern(r"\d{12}", "a 12-digit account id"), "AWS account id",
+               "ID", default_text=f"the role ARN's account, else {DEFAULT_ACCOUNT_ID}"),
+        Option("region", _pattern(r"[a-z]{2}(-[a-z]+)+-\d", "a region like us-east-1"),
+               "region of the instance; with --role-arn also the STS region called",
+               "REGION"),
+        Option("availability_zone",
+               _pattern(r"[a-z]{2}(-[a-z]+)+-\d[a-z]", "a zone like us-east-1a"),
+               "availability zone", "ZONE", default_text="the region + 'a'"),
+        Option("instance_id", _pattern(r"i-[0-9a-f]{8,17}", "an id like i-0123456789abcdef0"),
+               "instance id", "ID", default_text="generated once, kept in the state dir"),
+        Option("instance_type", _pattern(r"[a-z0-9-]+\.[a-z0-9]+", "a type like m5.large"),
+               "instance type", "TYPE"),
+        Option("ami_id", _pattern(r"ami-[0-9a-f]{8,17}", "an id like ami-0abc…"), "AMI id",
+               "ID"),
+        Option("private_ip", _ipv4, "private IPv4 address", "ADDR"),
+        Option("mac", _pattern(r"([0-9a-f]{2}:){5}[0-9a-f]{2}",
+                               "a MAC like 0e:49:61:0f:c3:11"),
+               "MAC address of eth0", "MAC"),
+        Option("availability_zone_id",
+               _optional(_pattern(r"[a-z]{2,5}\d+-az\d+", "an id like use1-az1")),
+               "availability zone id", "ID", default_text="derived from the zone"),
+        Option("architecture", _choice("x86_64", "arm64", "i386"),
+               "architecture in the identity document", "ARCH"),
+        Option("public_ip", _optional(_ipv4),
+               "public IPv4 of eth0; public-ipv4 and public-hostname exist only with one",
+               "ADDR"),
+        Option("hostname", _optional(_pattern(r"[a-z0-9.-]+", "a DNS name")),
+               "private DNS name", "NAME", default_text="ip-A-B-C-D.<region domain>"),
+        Option("public_hostname", _optional(_pattern(r"[a-z0-9.-]+", "a DNS name")),
+               "public DNS name", "NAME",
+               default_text="ec2-A-B-C-D.<region domain>, with a public IP"),
+        Option("ipv6", _optional(inst.ipv6), "IPv6 address of eth0", "ADDR"),
+        Option("security_groups", _pattern(r"[\w .:/()#,@\[\]+=&;{}!$*-]{1,255}",
+                                            "a security group name"),
+               "security group name; repeat for several", "NAME", repeated=True),
+        Option("network_interfaces", inst.interface,
+               "an extra interface: mac=…,private-ip=…[,public-ip=…][,ipv6=…]; repeatable",
+               "SPEC", repeated=True, table=True),
+        Option("key_name", _pattern(r"[\x20-\x7e]{1,255}", "a key pair name"),
+               "key pair name shown in public-keys/", "NAME"),
+        Option("public_key", inst.openssh_key,
+               "OpenSSH public key line; public-keys/ exists only with one", "KEY"),
+        Option("tags", inst.tag, "instance tag KEY=VALUE; repeatable", "KEY=VALUE",
+               repeated=True, pairs=True),
+        Option("instance_metadata_tags", _bool,
+               "expose tags under meta-data/tags/instance (EC2's default is off too)", "BOOL"),
+        Option("user_data", _text, "user data, inline text", "TEXT", masked=True),
+        Option("user_data_file", _path, "user data read (as bytes) from this file at startup",
+               "FILE"),
+        Option("spot_instance_action", inst.spot_action,
+               "pending Spot interruption: terminate|stop|hibernate[@TIME]", "ACTION[@TIME]"),
+        Option("maintenance_events", inst.maintenance_event,
+               "a maintenance event CODE[,state=…][,not-before=TIME][,not-after=TIME]; "
+               "repeatable", "EVENT", repeated=True, table=True),
+        Option("extended_credentials", _bool,
+               "also serve iam/security-credentials-extended/ with AccountId", "BOOL"),
     ),
-    Option("max_connections", _int_range(1, 1_000_000),
-           "open connections kept at most; past it the longest idle one is closed, so a "
-           "new client is always served", "N"),
-    Option("idle_timeout", _int_range(1, 3600),
-           "seconds a connection may wait for a complete request (idle or trickling "
-           "headers) before it is closed", "SECONDS"),
-    Option("max_header_size", _int_range(256, 65536),
-           "longest request line, header name or header value, in bytes; longer ones "
-           "get 400", "BYTES"),
-    Option("max_headers", _int_range(1, 1024),
-           "most headers a request may carry; more get 400", "N"),
-    Option("fast_path", _bool,
-           "answer plain token PUTs and metadata GETs on a lean HTTP path in front of "
-           "aiohttp (on Linux, from a deferred accept loop), which still takes every "
-           "other request (true|false)", "BOOL"),
-    Option("control", _bool,
-           "serve the control API, /metrics and the timeline page on their own listener",
-           "BOOL"),
-    Option("control_host", parse_host, "address of the control listener", "ADDR"),
-    Option("control_port", _int_range(0, 65535),
-           f"port of the control listener (default {CONTROL_PORT}, or a free one when "
-           "the metadata port is one: --port 0, --listen ADDR:0); 0 picks a free one",
-           "PORT"),
-    Option("control_token", _text,
-           "bearer token of the control API (default: generated once and kept in "
-           "state_dir/control-token, mode 0600)", "TOKEN", masked=True),
+    *_group(
+        SERVER,
+        Option("state_dir", _path,
+               "directory for the identity key, certificate and instance id", "DIR",
+               default_text="$XDG_STATE_HOME/imds, else ~/.local/state/imds"),
+        Option("log_level", _choice("debug", "info", "warning", "error"), "log level",
+               "LEVEL"),
+        Option("log_format", _choice("text", "json"), "log line format", "FORMAT"),
+    ),
+    *_group(
+        LIMITS,
+        Option("connection_close", _bool,
+               "close every connection after its response, as EC2 does", "BOOL"),
+        Option("max_connections", _int_range(1, 1_000_000),
+               "open connections kept at most; past it the longest idle one is closed, so a "
+               "new client is always served", "N"),
+        Option("idle_timeout", _int_range(1, 3600),
+               "seconds a connection may wait for a complete request (idle or trickling "
+               "headers) before it is closed", "SECONDS"),
+        Option("max_header_size", _int_range(256, 65536),
+               "longest request line, header name or header value, in bytes; longer ones "
+               "get 400", "BYTES"),
+        Option("max_headers", _int_range(1, 1024),
+               "most headers a request may carry; more get 400", "N"),
+        Option("fast_path", _bool,
+               "answer plain token PUTs and metadata GETs on a lean HTTP path in front of "
+               "aiohttp (on Linux, from a deferred accept loop), which still takes every "
+               "other request", "BOOL"),
+    ),
+    *_group(
+        LAB,
+        Option("control", _bool,
+               "serve the control API, /metrics and the timeline page on their own listener",
+               "BOOL"),
+        Option("control_host", parse_host, "address of the control listener", "ADDR"),
+        Option("control_port", _int_range(0, 65535),
+               "port of the control listener; 0 picks a free one", "PORT",
+               default_text=f"{CONTROL_PORT}, or a free one when the metadata port is free "
+                            "(--port 0, --listen ADDR:0)"),
+        Option("control_token", _text, "bearer token of the control API", "TOKEN",
+               masked=True,
+               default_text="generated once, kept in state_dir/control-token (mode 0600)"),
+    ),
 )
+
+# The defaults `--help` shows (Option.default): the Config fields', one source of truth.
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in fields(Config) if f.default is not MISSING
+}
 
 _BY_KEY = {option.key: option for option in OPTIONS}
 
