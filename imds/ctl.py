@@ -252,6 +252,25 @@ def _fault_line(f: Mapping[str, Any]) -> str:
     return f"{f['id']}  {what}  {where}  {left}, {f['hits']} hit(s)".replace("    ", "  ")
 
 
+def _key_line(cur: Mapping[str, Any]) -> str:
+    """
+    The served key: what clients are told about it, and when the key itself expires. After
+    `expire` the two differ (served as expired [L-04], still valid for minutes), so the line
+    says which is which rather than "expired … (114s left)".
+    """
+    state, left = cur["state"], cur["seconds_left"]
+    when = _when(cur["expires"])
+    if left <= 0:
+        expiry = f"expired {when} ({-left:.0f}s ago)"
+    elif state == "valid":
+        expiry = f"expires {when} ({left:.0f}s left)"
+    else:
+        expiry = f"real expiry {when} (in {left:.0f}s)"
+    if state == "expired" and left > 0:
+        state = "served as expired"
+    return f"key {cur['key']}  {state}  issued {_when(cur['issued'])}  {expiry}"
+
+
 def _human(action: str, result: Any) -> str:
     if action == "status":
         lines = []
@@ -259,9 +278,7 @@ def _human(action: str, result: Any) -> str:
             lines.append(f"role {role['role']}: {role['source']}")
             cur = role["current"]
             if cur:
-                lines.append(f"  key {cur['key']}  {cur['state']}  issued {_when(cur['issued'])}"
-                             f"  expires {_when(cur['expires'])} ({cur['seconds_left']:.0f}s "
-                             "left)")
+                lines.append(f"  {_key_line(cur)}")
             lines.append(f"  next rotation {_when(role['next_rotation'])}, refresh-ahead "
                          f"{role['refresh_ahead']}s"
                          + (f", lifetime {role['lifetime']}s" if role["lifetime"] else ""))
