@@ -20,7 +20,6 @@ See docs/pytest-plugin.md.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -186,21 +185,6 @@ class _Server:
 
     def __repr__(self) -> str:
         return f"<imds_server {self.url} role {self.role_name}>"
-
-
-# pytest-asyncio (installed with imds[test]) warns at startup of every run whose
-# configuration leaves this option unset. The fixtures here are synchronous, so a project
-# that merely uses imds has nothing to set; and setting it for the user would change how
-# their own async fixtures run. Only that one warning is silenced: first among the
-# configure hooks, so before pytest-asyncio's (pytest_configure is historic and takes no
-# wrapper); a value the user sets is used, and checked, as before.
-_LOOP_SCOPE_UNSET = 'The configuration option "asyncio_default_fixture_loop_scope" is unset'
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config: pytest.Config) -> None:
-    warnings.filterwarnings("ignore", message=_LOOP_SCOPE_UNSET,
-                            category=pytest.PytestDeprecationWarning)
 
 
 def _point_sdks_at(url: str, region: str, monkeypatch: pytest.MonkeyPatch,
