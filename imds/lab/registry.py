@@ -168,7 +168,7 @@ def _scan(folder: Path) -> tuple[list[Server], list[tuple[Path, Server | None]]]
             server = None
         try:
             alive = _alive(path, server)
-        except FileNotFoundError:
+        except OSError:  # withdrawn meanwhile, or not a file to judge: neither listed nor removed
             continue
         if not alive:
             stale.append((path, server))
