@@ -1,12 +1,15 @@
 """
 `imds ctl`: drive a running server's rotation lab from the shell.
 
-It finds the control API the way `imds serve` publishes it: `--control-url` /
-`IMDS_CONTROL_URL`, else the `control-url` file in the state directory, else
-http://127.0.0.1:1339; and the token from `--control-token` / `IMDS_CONTROL_TOKEN`, else
-the state directory's `control-token` file (`--state-dir` / `IMDS_STATE_DIR` / the
-default). Plain `urllib`, no proxy: a CLI call needs no event loop, and the control API
-is on loopback.
+It finds the control API the way `imds serve` publishes it: `--control-url`, else the
+server `--server PID|ROLE|URL` names among those running on the state directory
+(imds.lab.registry), else `IMDS_CONTROL_URL`, else the one server running there, else the
+`control-url` file, else http://127.0.0.1:1339. With several running and none chosen it
+lists them and exits 2: acting on one of them by a guess could rotate or revoke the wrong
+server's keys. The token comes from `--control-token` / `IMDS_CONTROL_TOKEN`, else the
+state directory's `control-token` file (`--state-dir` / `IMDS_STATE_DIR` / the default).
+Plain `urllib`, no proxy: a CLI call needs no event loop, and the control API is on
+loopback.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from typing import Any
 from imds.config import CONTROL_PORT
 from imds.config.instance import default_state_dir
 from imds.config.options import LIFETIME_RANGE, REFRESH_AHEAD_RANGE
-from imds.errors import ConfigError, CtlError
+from imds.errors import ConfigError, CtlError, ServerChoiceError
 from imds.instance import statedir
 from imds.lab.control import TOKEN_FILE, URL_FILE
 from imds.lab.faultspec import BODY_MODES, DROP_MODES, KINDS
+from imds.lab.registry import Server, running_servers
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -111,15 +115,26 @@ def _read(path: Path) -> str:
         return ""
 
 
+def state_dir_of(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
+    return Path(args.state_dir or environ.get("IMDS_STATE_DIR") or default_state_dir(environ))
+
+
 def client_from(args: argparse.Namespace, environ: Mapping[str, str]) -> ControlClient:
-    state = Path(args.state_dir or environ.get("IMDS_STATE_DIR") or default_state_dir(environ))
-    given_url = args.control_url or environ.get("IMDS_CONTROL_URL")
+    state = state_dir_of(args, environ)
+    given_url = args.control_url or (None if args.server else environ.get("IMDS_CONTROL_URL"))
     given_token = args.control_token or environ.get("IMDS_CONTROL_TOKEN")
     if not (given_url and given_token) and state.exists():
         # A URL planted there would receive our token; a planted token, our commands.
         with contextlib.suppress(OSError):  # unreadable: the reads below find nothing
             statedir.check(state)
-    url = given_url or _read(state / URL_FILE) or f"http://127.0.0.1:{CONTROL_PORT}"
+    url = given_url
+    if not url:
+        server = choose(state, args.server)
+        if server is not None and server.own_token and not given_token:
+            raise CtlError(f"server {server.pid} was started with its own control token: "
+                           "give it with --control-token or IMDS_CONTROL_TOKEN")
+        url = server.control_url if server is not None else \
+            _read(state / URL_FILE) or f"http://127.0.0.1:{CONTROL_PORT}"
     token = given_token or _read(state / TOKEN_FILE)
     if not token:
         raise CtlError(f"no control token: give --control-token or IMDS_CONTROL_TOKEN, or "
@@ -127,13 +142,52 @@ def client_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Control
     return ControlClient(url, token)
 
 
+def choose(state: Path, selector: str | None) -> Server | None:
+    """
+    The server `selector` (--server) names among those running on `state`, or the only
+    one; None when none runs (a server too old to record itself may still be found through
+    `control-url`). Raises ServerChoiceError rather than guess between several.
+    """
+    servers = running_servers(state)
+    if selector is None:
+        if len(servers) > 1:
+            raise ServerChoiceError(
+                f"{len(servers)} servers are running on state directory {state}; say which "
+                f"with --server PID, ROLE or URL (or --control-url URL):\n"
+                + _server_lines(servers, "  "))
+        return servers[0] if servers else None
+    chosen = [s for s in servers if s.matches(selector)]
+    if len(chosen) == 1:
+        return chosen[0]
+    if not servers:
+        raise ServerChoiceError(f"--server {selector}: no server is running on state "
+                                f"directory {state}")
+    if chosen:
+        raise ServerChoiceError(f"--server {selector} names {len(chosen)} servers; give "
+                                "the PID:\n" + _server_lines(chosen, "  "))
+    raise ServerChoiceError(f"--server {selector} names none of the servers running on "
+                            f"state directory {state}:\n" + _server_lines(servers, "  "))
+
+
+def _server_lines(servers: list[Server], indent: str = "") -> str:
+    """One line each: what tells them apart (pid, role, where, source), oldest first."""
+    return "\n".join(
+        f"{indent}{s.pid}  {s.role}  {', '.join(s.urls)}  control {s.control_url}  since "
+        f"{_when(s.started)}  {s.source}" + ("  (own control token)" if s.own_token else "")
+        for s in servers)
+
+
 def add_parser(sub: Any) -> None:
     """The `ctl` subcommand and its own subcommands, on the `imds` parser."""
     ctl = sub.add_parser("ctl", help="drive a running server: rotate, expire, revoke, "
                                      "inject faults, show status")
-    ctl.add_argument("--control-url", metavar="URL",
-                     help="the control API (default: state_dir/control-url, else "
-                          f"http://127.0.0.1:{CONTROL_PORT}; env IMDS_CONTROL_URL)")
+    which = ctl.add_mutually_exclusive_group()
+    which.add_argument("--control-url", metavar="URL", help="env IMDS_CONTROL_URL; default: "
+                       "the server running on the state dir, else state_dir/control-url, "
+                       f"else http://127.0.0.1:{CONTROL_PORT}")
+    which.add_argument("--server", metavar="PID|ROLE|URL", help="which of the servers "
+                       "running on the state dir (`imds ctl servers` lists them): its pid, "
+                       "role, or metadata or control URL")
     ctl.add_argument("--control-token", metavar="TOKEN",
                      help="its bearer token (default: state_dir/control-token; "
                           "env IMDS_CONTROL_TOKEN)")
@@ -144,6 +198,7 @@ def add_parser(sub: Any) -> None:
                      help="print the API's JSON answer (default: a summary)")
     actions = ctl.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("status", help="credentials, next rotation, faults, recent fetches")
+    actions.add_parser("servers", help="list the servers running on the state dir")
     for name, text in (("rotate", "new credentials now"),
                        ("expire", "serve the current keys as already expired (L-04) "
                                   "until the next rotation"),
@@ -186,8 +241,13 @@ def add_parser(sub: Any) -> None:
 
 def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
-        client = client_from(args, environ)
-        result = _dispatch(client, args)
+        if args.action == "servers":
+            result: Any = running_servers(state_dir_of(args, environ))
+        else:
+            result = _dispatch(client_from(args, environ), args)
+    except ServerChoiceError as exc:
+        print(f"imds ctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except CtlError as exc:
         print(f"imds ctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -197,7 +257,7 @@ def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if isinstance(result, str):
         text = result if result.endswith("\n") else result + "\n"
     elif args.json:
-        text = json.dumps(result, indent=2) + "\n"
+        text = json.dumps(_jsonable(result), indent=2) + "\n"
     else:
         text = _human(args.action, result) + "\n"
     try:
@@ -271,7 +331,15 @@ def _key_line(cur: Mapping[str, Any]) -> str:
     return f"key {cur['key']}  {state}  issued {_when(cur['issued'])}  {expiry}"
 
 
+def _jsonable(result: Any) -> Any:
+    if isinstance(result, list) and all(isinstance(s, Server) for s in result):
+        return [s.to_json() for s in result]
+    return result
+
+
 def _human(action: str, result: Any) -> str:
+    if action == "servers":
+        return _server_lines(result) or "no server is running on this state directory"
     if action == "status":
         lines = []
         for role in result["roles"].values():

@@ -11,6 +11,8 @@ may raise and catch them (README, "Where things are").
     ├── FaultError       a fault specification sent to the control API is invalid
     ├── LabError         a rotation-lab action cannot be done; carries the control API's status
     └── CtlError         `imds ctl` cannot reach the control API, or it refused; exit 1
+        └── ServerChoiceError  several servers run on the state directory and none is
+                               chosen, or --server names none or several; exit 2
 """
 
 from __future__ import annotations
@@ -55,3 +57,10 @@ class LabError(ImdsError):
 
 class CtlError(ImdsError):
     """Raised when the control API cannot be reached or refuses a request."""
+
+
+class ServerChoiceError(CtlError):
+    """
+    Raised when `imds ctl` cannot tell which server is meant: several run on the state
+    directory and none was chosen, or `--server` names none of them or several.
+    """

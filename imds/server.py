@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -38,11 +39,10 @@ from imds.lab.control import (
     Control,
     load_or_create_token,
     new_token,
-    remove_url,
     start_control,
-    write_url,
 )
 from imds.lab.lab import Lab
+from imds.lab.registry import Published, Server, publish, running_servers
 
 T = TypeVar("T")
 
@@ -163,9 +163,10 @@ def _url(runner: web.AppRunner) -> str:
 async def serve(config: Config) -> None:
     """
     Run until SIGTERM, SIGINT or SIGHUP, printing where the server listens; a second
-    signal stops at once (imds.shutdown). The published control URL is withdrawn
-    whatever ends the server, an error included.
+    signal stops at once (imds.shutdown). The server's entry in the state directory
+    (imds.lab.registry) is withdrawn whatever ends the server, an error included.
     """
+    own_token = bool(config.control_token)
     if config.control and not config.control_token:
         # Kept in the state directory, where `imds ctl` looks for it.
         config = dataclasses.replace(config, control_token=load_or_create_token(config.state_dir))
@@ -175,14 +176,17 @@ async def serve(config: Config) -> None:
     if running is None:
         return
     control = running.control
+    published: Published | None = None
     try:
         role = running.rotator.source.role
         print(f"imds: listening on {', '.join(running.urls)} (IMDSv2 {config.http_tokens})",
               flush=True)
         if control is not None:
-            write_url(running.config.state_dir, control.url)
+            published = _publish(running, control.url, own_token)
             print(f"imds: control API, /metrics and timeline on {control.url}/ "
                   "(token: imds ctl url)", flush=True)
+            if published is not None:
+                _name_the_others(published.server.pid, running.config.state_dir)
         print(f"imds: serving role {role.name} from {running.rotator.source.describe()}",
               flush=True)
         if running.routes is not None:
@@ -194,9 +198,30 @@ async def serve(config: Config) -> None:
         await signals.stop.wait()
     finally:
         # First: whatever happens next, `imds ctl` must not find a server that is gone.
-        if control is not None:
-            remove_url(running.config.state_dir, control.url)
+        if published is not None:
+            published.withdraw()
         await running.stop(hurry=signals.hurry)
+
+
+def _publish(running: Running, control_url: str, own_token: bool) -> Published | None:
+    """Record this server in its state directory, where `imds ctl` looks (imds.lab.registry)."""
+    source = running.rotator.source
+    return publish(running.config.state_dir, Server(
+        pid=os.getpid(), control_url=control_url, urls=tuple(running.urls),
+        role=source.role.name, source=source.describe(), started=time.time(),
+        own_token=own_token))
+
+
+def _name_the_others(pid: int, state_dir: str) -> None:
+    """Say so when other servers share the state directory: `imds ctl` will ask which."""
+    try:
+        others = [s for s in running_servers(state_dir) if s.pid != pid]
+    except (OSError, ConfigError):
+        return
+    if others:
+        pids = ", ".join(f"{s.pid} ({s.role})" for s in others)
+        print(f"imds: also running on {state_dir}: pid {pids}; `imds ctl servers` lists "
+              f"them, `imds ctl --server {pid} ...` picks this one", flush=True)
 
 
 class ServerThread:

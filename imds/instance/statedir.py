@@ -1,17 +1,18 @@
 """
 The state directory (`--state-dir`): instance id, identity key and certificate, control
-token and URL. Whoever can write it can plant a control token (and drive the control API)
-or a signing key, and several servers may start on it at once, so:
+token and URL, the running servers (`servers/`, imds.lab.registry). Whoever can write it
+can plant a control token (and drive the control API) or a signing key, and several
+servers may start on it at once, so:
 
 - Trusted only as ssh trusts `~/.ssh` (StrictModes): created owner-only (0700); an
-  existing directory, and every entry in it, must belong to this user or root and be
-  writable by nobody else. Otherwise startup stops with a configuration error that names
-  `--state-dir` and says what to do.
+  existing directory, and every entry in it and in its subdirectories, must belong to
+  this user or root and be writable by nobody else. Otherwise startup stops with a
+  configuration error that names `--state-dir` and says what to do.
 - Files are created under an exclusive lock (`flock` on `<dir>/lock`), complete or not at
   all (written aside, then linked into place), and used as read back from disk: servers
   starting together create each file once and all use what is on disk.
 
-Only startup and `imds identity-cert` / `imds ctl` come here, never a request.
+Only startup, shutdown and `imds identity-cert` / `imds ctl` come here, never a request.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def prepare(state_dir: str | Path) -> Path:
 
 def check(directory: Path) -> None:
     """
-    Raise ConfigError unless `directory` and every entry in it belong to this user or
-    root and are writable by no one else (ssh's StrictModes rule).
+    Raise ConfigError unless `directory` and every entry in it (subdirectories included)
+    belong to this user or root and are writable by no one else (ssh's StrictModes rule).
     """
     found = os.stat(directory)  # a symlinked state directory is judged by its target
     if not stat.S_ISDIR(found.st_mode):
@@ -57,7 +58,11 @@ def check(directory: Path) -> None:
         raise _refused(directory, f"{directory} {_owner(found)}; use a directory of your own")
     if _writable(found):
         raise _refused(directory, f"{directory} {_mode(found)}; run `chmod 700 {directory}`")
-    with os.scandir(directory) as entries:
+    _check_entries(directory, directory)
+
+
+def _check_entries(folder: Path, directory: Path) -> None:
+    with os.scandir(folder) as entries:
         for entry in entries:
             try:
                 found = entry.stat()
@@ -69,6 +74,9 @@ def check(directory: Path) -> None:
             if _writable(found):
                 raise _refused(directory, f"{entry.path} {_mode(found)}; run "
                                           f"`chmod go-w {entry.path}`")
+            # `servers/` (imds.lab.registry): an entry planted there would get the token.
+            if entry.is_dir(follow_symlinks=False):
+                _check_entries(Path(entry.path), directory)
 
 
 def _owned(found: os.stat_result) -> bool:
@@ -159,3 +167,51 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
+
+
+def replace_held(path: Path, data: bytes, mode: int = 0o600) -> int:
+    """
+    Put `data` at `path` whole, as `replace_file` does, and return an open descriptor that
+    holds an exclusive `flock` on it, taken before the file appears. The lock lasts while
+    the descriptor is open and the kernel drops it when the process dies, SIGKILL included,
+    so `held` tells the file of a live process from one that a dead process left behind,
+    whatever has since been given its pid. Close the descriptor to let go.
+    """
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else has it
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKING:
+                raise
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.replace(temp, path)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+    return fd
+
+
+def held(path: Path) -> bool | None:
+    """
+    Whether a live process holds `path` (`replace_held`); None where the filesystem cannot
+    lock, and the caller must judge otherwise. Raises FileNotFoundError if it is gone.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            if exc.errno in _NO_LOCKING:
+                return None
+            raise
+        return False
+    finally:
+        os.close(fd)

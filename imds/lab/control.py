@@ -109,23 +109,16 @@ def load_or_create_token(state_dir: str) -> str:
 
 
 def write_url(state_dir: str, url: str) -> None:
-    """Publish where the control API listens, for `imds ctl` (written aside, then moved)."""
+    """
+    Publish where the control API listens, for `imds ctl` (written aside, then moved);
+    imds.lab.registry calls it under the state directory's lock.
+    """
     path = Path(state_dir) / URL_FILE
     try:
         replace_file(path, (url + "\n").encode("ascii"))
     except OSError as exc:
         # Not fatal: `imds ctl --control-url` still reaches the server.
         log.warning("could not publish the control URL in %s: %s", path, exc.strerror or exc)
-
-
-def remove_url(state_dir: str, url: str) -> None:
-    """Withdraw the published URL if it is still ours (another server may have replaced it)."""
-    path = Path(state_dir) / URL_FILE
-    try:
-        if path.read_text(encoding="ascii").strip() == url:
-            path.unlink()
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------------------- app
