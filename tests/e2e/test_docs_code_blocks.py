@@ -178,7 +178,13 @@ def script(page: list[Block], work: Path, ports: dict[str, str]) -> str:
 
 
 def scratch_checkout(folder: Path) -> Path:
-    """A folder that looks like the repository (links to its files) for files blocks write."""
+    """
+    A folder that looks like the repository (links to its files) for files blocks write.
+    `scripts/setup` runs in the repository first: the README's `scripts/serve` runs it
+    again in the folder, where an install it found due would point .venv at the folder.
+    """
+    subprocess.run([str(ROOT / "scripts" / "setup")], check=True, capture_output=True,
+                   timeout=600)
     folder.mkdir()
     for entry in ROOT.iterdir():
         if entry.name not in (".git",):
