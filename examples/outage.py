@@ -23,7 +23,8 @@ credentials while IMDS is throttled or unreachable, and *can* while STS is down,
 IMDS serves the expired keys and botocore extends them (static stability, S-PY-08).
 Exit status 0 when the running service had no failed call.
 
-With --control-url/--control-token/--imds it drives a server you started yourself.
+With --control-url/--control-token/--imds it drives a server you started yourself, in
+another terminal (`imds serve`; `imds ctl url` prints the control URL and token).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """
 An application that keeps calling an AWS API while imds rotates its credentials.
 
+    # in one terminal (with .venv/bin on PATH: source .venv/bin/activate):
     imds serve --credential-lifetime 120 --refresh-ahead 60        # new keys every minute
+    # in a second terminal:
     python examples/rotating_app.py --imds http://127.0.0.1:1338   # Ctrl-C for the summary
 
 It uses boto3's default credential chain and nothing else: the only AWS setting is
