@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import stat
 import sys
 import threading
@@ -29,6 +28,7 @@ from tests.conftest import ServerFactory
 from tests.e2e.test_identity import IDENTITY, armour, needs_openssl, openssl
 from tests.support.metadata_client import MetadataClient
 from tests.support.processes import clean_env, run
+from tests.support.rawhttp import untouched_listener
 
 T = TypeVar("T")
 Start = Callable[..., Running]
@@ -182,15 +182,12 @@ class TestUntrustedStateDirectory:
     ) -> None:
         state = tmp_path / "state"
         state.mkdir(mode=0o700)
-        with socket.create_server(("127.0.0.1", 0)) as trap:
+        with untouched_listener() as trap_url:
             planted = state / URL_FILE
-            planted.write_text(f"http://127.0.0.1:{trap.getsockname()[1]}\n")
+            planted.write_text(f"{trap_url}\n")
             os.chown(planted, NOBODY, NOBODY)
             code = main(["ctl", "--state-dir", str(state), "status"],
                         {"IMDS_CONTROL_TOKEN": "the-real-token"})
-            trap.setblocking(False)
-            with pytest.raises(BlockingIOError):  # nobody connected
-                trap.accept()[0].close()
         assert EXIT_USAGE == code
         assert "imds ctl: configuration error: --state-dir" in capsys.readouterr().err
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import pytest
 
 
 @dataclass
@@ -66,3 +71,13 @@ def request(method: str, path: str, headers: dict[str, str] | None = None,
     lines = [f"{method} {path} HTTP/1.1", "Host: 169.254.169.254", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+@contextmanager
+def untouched_listener() -> Iterator[str]:
+    """A loopback listener nothing may connect to: yields its URL, then checks it was not."""
+    with socket.create_server(("127.0.0.1", 0)) as trap:
+        yield f"http://127.0.0.1:{trap.getsockname()[1]}"
+        trap.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nobody connected
+            trap.accept()[0].close()
