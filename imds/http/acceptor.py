@@ -82,7 +82,7 @@ _WARN_EVERY = 60.0
 
 
 class _Socket:
-    """What `answer` asks of a transport (imds.http.hoplimit.SocketHolder), for a bare socket."""
+    """What the wire asks of a transport to set the hop limit (imds.http.hoplimit.SocketHolder)."""
 
     __slots__ = ("sock",)
 
