@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 
 import pytest
 
 from imds.cli import main
 from imds.ctl import _human
-from imds.server import Running
-
-Start = Callable[..., Running]
-
-
-def ctl(running: Running, *args: str) -> list[str]:
-    assert running.control is not None
-    return ["ctl", "--control-url", running.control.url, "--control-token",
-            running.control.token, *args]
+from tests.e2e.test_ctl import Start, ctl
 
 
 def key_line(out: str) -> str:
