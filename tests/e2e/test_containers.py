@@ -5,8 +5,11 @@ The project's Dockerfile is built on a locally debootstrapped Debian base (no re
 here; cached across runs), then compose.yaml runs under podman-compose inside a network
 namespace made for the test: the app container, with no AWS configuration at all, gets its
 credentials from 169.254.169.254 and sees them rotate; with compose.roles.yaml, two client
-containers get different roles and one's token is refused in the other. The compose files
-also pass a real schema check (Debian's docker-compose 1.29 `config -q`).
+containers get different roles and one's token is refused in the other. compose.ecs.yaml
+and compose.pod-identity.yaml run their app to its exit: boto3's default chain gets a task
+role from 169.254.170.2 and a Pod Identity role from 169.254.170.23 (one image build serves
+all of them). The compose files also pass a real schema check (Debian's docker-compose 1.29
+`config -q`).
 
 Without root, podman, runc or debootstrap these tests skip, saying what is missing;
 scripts/system-deps installs them (as root) on Debian.
@@ -23,6 +26,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +40,13 @@ PROBE = (ROOT / "tests" / "clients" / "imds_probe.py").read_text()
 COMPOSE = ROOT / "compose.yaml"
 ROLES = ROOT / "compose.roles.yaml"
 STS = ROOT / "compose.sts.yaml"
+ECS = ROOT / "compose.ecs.yaml"
+POD_IDENTITY = ROOT / "compose.pod-identity.yaml"
+# The task id compose.ecs.yaml starts the server with (--ecs-task) and gives its app.
+ECS_TASK = "5f0c7a2e-8d41-4b6a-9c3e-2a7d1e9b6f40"
+TOKEN_DIR = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount"
+# What examples/compose/container_app.py prints once the default chain found credentials.
+CONTAINER_APP_OK = re.compile(r"credentials: method=container-role access_key_id=ASIA\w{16}\b")
 ROUND = re.compile(r"round \d+: key=…(\w{4}) source=(\S+) .*caller=(\S+) ok")
 
 
@@ -84,7 +95,9 @@ def moto_image(podman: containers.Podman) -> str:
     return tag
 
 
-def compose(podman: containers.Podman, moto_image: str, *files: Path) -> containers.Compose:
+def compose(podman: containers.Podman, moto_image: str | None, *files: Path
+            ) -> containers.Compose:
+    """A project of these files on the test images; `moto_image` for those with an STS."""
     return containers.Compose(
         podman=podman,
         project=f"imdst{os.getpid()}",
@@ -92,7 +105,7 @@ def compose(podman: containers.Podman, moto_image: str, *files: Path) -> contain
         cwd=ROOT,
         env={
             "IMDS_IMAGE": IMDS_IMAGE,
-            "MOTO_IMAGE": moto_image,
+            **({"MOTO_IMAGE": moto_image} if moto_image else {}),
             # New keys every ~3 s, an app round every second: rotations within seconds.
             "IMDS_CREDENTIAL_LIFETIME": "6",
             "IMDS_REFRESH_AHEAD": "3",
@@ -145,6 +158,11 @@ class TestComposeSchema:
         for files, env in [((COMPOSE,), {}), ((COMPOSE, ROLES), {}), ((COMPOSE, STS), role)]:
             result = self.check(docker_compose, *files, **env)
             assert 0 == result.returncode, (files, result.stderr)
+
+    def test_the_container_credential_files_are_valid(self, docker_compose: str) -> None:
+        for path in (ECS, POD_IDENTITY):
+            result = self.check(docker_compose, path)
+            assert 0 == result.returncode, (path, result.stderr)
 
     def test_the_check_rejects_a_broken_file(self, docker_compose: str, tmp_path: Path) -> None:
         """The validator is real: a wrong type for `init` fails it."""
@@ -243,3 +261,51 @@ class TestCompose:
             assert 401 == stolen["list"]
             assert 200 == probe(project, "reports", "raw", "--token",
                                 str(reports["token"]))["list"]
+
+
+def inspect(podman: containers.Podman, container: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = json.loads(
+        podman.podman("container", "inspect", container).stdout)
+    return found[0]
+
+
+def aws_variables(podman: containers.Podman, container: str) -> list[str]:
+    """The AWS_* variables a (stopped) container ran with: image, compose file and engine."""
+    return sorted(item for item in inspect(podman, container)["Config"]["Env"]
+                  if item.startswith("AWS_"))
+
+
+class TestComposeContainerCredentials:
+    """compose.ecs.yaml and compose.pod-identity.yaml, run until their app exits."""
+
+    def test_an_ecs_task_gets_its_role_from_169_254_170_2_with_only_the_relative_uri(
+        self, podman: containers.Podman
+    ) -> None:
+        project = compose(podman, None, ECS)
+        with podman.timings.phase("compose.ecs.yaml: up until the app exits, down"), \
+                project.until_exit("app", timeout=180) as run:
+            output = run.stdout + run.stderr
+            assert 0 == run.returncode, output
+            assert CONTAINER_APP_OK.search(output), output
+            # What ECS gives a task and nothing else: no keys, no token, no IMDS setting;
+            # the task id is the one the server was started with [K-01].
+            assert [f"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=/v2/credentials/{ECS_TASK}"
+                    ] == aws_variables(podman, project.container("app"))
+
+    def test_a_pod_gets_its_role_from_169_254_170_23_with_a_minted_token_file(
+        self, podman: containers.Podman
+    ) -> None:
+        project = compose(podman, None, POD_IDENTITY)
+        with podman.timings.phase("compose.pod-identity.yaml: up until the app exits, down"), \
+                project.until_exit("app", timeout=180) as run:
+            output = run.stdout + run.stderr
+            assert 0 == run.returncode, output
+            assert CONTAINER_APP_OK.search(output), output
+            # What EKS injects into a pod [K-06]: the agent's full URI and the token file,
+            # which the pod can read but not change.
+            app = project.container("app")
+            assert [f"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={TOKEN_DIR}/eks-pod-identity-token",
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI=http://169.254.170.23/v1/credentials",
+                    ] == aws_variables(podman, app)
+            assert [False] == [mount["RW"] for mount in inspect(podman, app)["Mounts"]
+                               if mount["Destination"] == TOKEN_DIR]

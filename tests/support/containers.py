@@ -171,6 +171,7 @@ class Podman:
         """Containers and networks a killed run left in the shared storage."""
         self.podman("rm", "--all", "--force", "--time", "0", check=False)
         self.podman("network", "prune", "--force", check=False)
+        self.podman("volume", "prune", "--force", check=False)
 
     def ensure_base_image(self) -> None:
         """The local Debian + Python base image (no registry to pull one from)."""
@@ -290,3 +291,17 @@ class Compose:
         finally:
             # Always, also after a failure: the other services would stay up otherwise.
             self("down", "-t", "0", check=False)
+
+    @contextlib.contextmanager
+    def until_exit(self, service: str, timeout: float = 180
+                   ) -> Iterator[subprocess.CompletedProcess[str]]:
+        """
+        `up` in the foreground until `service` exits, giving its exit code and every
+        service's output (`[name] | line`); the stopped containers stay for inspection
+        until the block ends, then `down -v -t 0` removes them and the project's volumes.
+        """
+        try:
+            yield self("up", "--abort-on-container-exit", "--exit-code-from", service,
+                       timeout=timeout, check=False)
+        finally:
+            self("down", "-v", "-t", "0", check=False)

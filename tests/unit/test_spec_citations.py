@@ -19,7 +19,8 @@ NOT_SCANNED = {SPEC, Path(__file__).resolve()}
 
 # Where citations live: the package, its tests, benchmarks, examples, scripts and prose.
 SCANNED = ("imds", "tests", "benchmarks", "examples", "scripts", "docs",
-           "README.md", "Dockerfile", "compose.yaml", "compose.roles.yaml", "compose.sts.yaml")
+           "README.md", "Dockerfile", "compose.yaml", "compose.roles.yaml", "compose.sts.yaml",
+           "compose.ecs.yaml", "compose.pod-identity.yaml")
 SKIPPED_DIRS = {".venv", "node_modules", "__pycache__", ".git", ".pytest_cache",
                 ".mypy_cache", ".ruff_cache"}
 
