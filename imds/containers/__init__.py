@@ -1,0 +1,1 @@
+"""Container credential endpoints (stand-in on branch envcmd until the lead's lands)."""
