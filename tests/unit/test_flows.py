@@ -74,13 +74,16 @@ class TestExports:
         assert value == shown
 
 
+# Every flow's variables set, pointing elsewhere, beside two that are none of theirs.
+POLLUTED = {
+    "PATH": "/bin", "AWS_REGION": "eu-west-1",
+    flows.ENDPOINT: "http://127.0.0.1:9", flows.ENDPOINT_MODE: "IPv6",
+    flows.RELATIVE_URI: "/v2/credentials/other", flows.FULL_URI: "http://127.0.0.1:9/x",
+    flows.TOKEN: "other", flows.TOKEN_FILE: "/other", flows.METADATA_DISABLED: "true",
+}
+
+
 class TestEnvironment:
-    POLLUTED = {
-        "PATH": "/bin", "AWS_REGION": "eu-west-1",
-        flows.ENDPOINT: "http://127.0.0.1:9", flows.ENDPOINT_MODE: "IPv6",
-        flows.RELATIVE_URI: "/v2/credentials/other", flows.FULL_URI: "http://127.0.0.1:9/x",
-        flows.TOKEN: "other", flows.TOKEN_FILE: "/other", flows.METADATA_DISABLED: "true",
-    }
 
     @pytest.mark.parametrize("flow, variables", [
         (flows.IMDS, flows.imds_variables("http://127.0.0.1:1338")),
@@ -89,15 +92,15 @@ class TestEnvironment:
     ])
     def test_only_the_chosen_flow_is_left(self, flow: str, variables: dict[str, str]) -> None:
         """Whatever the chain's order [E-09] [K-01], nothing of another flow remains."""
-        env = flows.environment(self.POLLUTED, flow, variables)
+        env = flows.environment(POLLUTED, flow, variables)
         left = {name: env[name] for name in flows.FLOW_VARIABLES if name in env}
         assert variables == left
         assert {"PATH": "/bin", "AWS_REGION": "eu-west-1"}.items() <= env.items()
 
     def test_imds_drops_the_switch_that_turns_it_off_and_containers_keep_it(self) -> None:
         """[E-01] only matters to the IMDS flow; the container flows leave the user's choice."""
-        imds = flows.environment(self.POLLUTED, flows.IMDS, {})
-        ecs = flows.environment(self.POLLUTED, flows.ECS, {})
+        imds = flows.environment(POLLUTED, flows.IMDS, {})
+        ecs = flows.environment(POLLUTED, flows.ECS, {})
         assert flows.METADATA_DISABLED not in imds
         assert "true" == ecs[flows.METADATA_DISABLED]
 
