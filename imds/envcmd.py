@@ -81,8 +81,8 @@ def add_parsers(sub: Any) -> None:
                             f"(default: {podtoken.DEFAULT_LIFETIME})")
     token.add_argument("--state-dir", metavar="DIR", help=_STATE_DIR_HELP)
     token.add_argument("--out", metavar="FILE|-", default="-",
-                       help="write the token to FILE (mode 0600, no newline, replaced "
-                            "whole), or print it with -  (default: -)")
+                       help="write the token to FILE (mode 0600, replaced whole), or print "
+                            "it with - (a newline only on a terminal) (default: -)")
 
 
 _STATE_DIR_HELP = ("the server's state directory (default: $XDG_STATE_HOME/imds, else "
@@ -230,7 +230,9 @@ def _pod_token(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     state = state_dir_of(args, environ)
     token = podtoken.mint(state, pod, args.lifetime)
     if args.out == "-":
-        return _write(token + "\n")
+        # No newline unless a person reads it: `imds pod-token > token` must give a file an
+        # SDK sends as it is, and botocore refuses a token file that ends in LF [K-03].
+        return _write(token + ("\n" if sys.stdout.isatty() else ""))
     written = podtoken.write(Path(args.out), token)
     print(f"imds pod-token: {pod.namespace}/{pod.service_account} (pod {pod.name}) token "
           f"written to {written}", file=sys.stderr)

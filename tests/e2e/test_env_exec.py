@@ -275,6 +275,12 @@ class TestPodToken:
             .items() <= claims["kubernetes.io"].items()  # type: ignore[attr-defined]
         assert before + 599 <= claims["exp"] <= time.time() + 601  # type: ignore[operator]
 
+    def test_a_redirected_token_ends_without_a_newline(self, served: Served) -> None:
+        """`imds pod-token > file` must make a file botocore sends: it refuses LF [K-03]."""
+        code, token, _ = served.imds("pod-token")
+        assert 0 == code
+        assert 3 == len(token.split(".")) and not token.endswith("\n")
+
     def test_the_same_pod_gets_the_same_uid(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
