@@ -50,7 +50,7 @@ def add_parsers(sub: Any) -> None:
                     "the shell are left alone (a warning names them): `imds exec` clears "
                     "them.")
     env.add_argument("flow_arg", nargs="?", choices=flows.FLOWS, metavar="FLOW",
-                     help=f"{'|'.join(flows.FLOWS)}, as --flow")
+                     help=f"{'|'.join(flows.FLOWS)}, as --flow (default: imds)")
     _flow_options(env)
 
     run = sub.add_parser(

@@ -14,16 +14,17 @@ import stat
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from imds import flows
 from imds.cli import main
 from imds.envcmd import CONTAINER_TOKEN_FILE, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_USAGE
-from imds.lab.registry import running_servers
+from imds.lab.registry import Published, Server, publish, running_servers
 from tests.support.processes import ImdsProcess, clean_env, run, run_imds
 
 pytestmark = pytest.mark.e2e
@@ -37,6 +38,8 @@ METHOD = {flows.IMDS: "iam-role", flows.ECS: "container-role",
           flows.POD_IDENTITY: "container-role"}
 # A container token of the server's own (`--container-token`), as the settings require.
 OWN_TOKEN = "own-container-token-0123456789"
+# A container token as a server keeps it in its state directory (a newline after it).
+STATE_DIR_TOKEN = "state-dir-token-0123456789"
 
 
 @dataclass
@@ -238,6 +241,100 @@ class TestFindingTheServer:
             assert 0 == main(["env", "ecs", "--state-dir", str(state), "--container-token",
                               OWN_TOKEN], {})
             assert OWN_TOKEN == exports_of(capsys.readouterr().out)[flows.TOKEN]
+
+
+class TestChoosingTheUrl:
+    """Which of a server's URLs each flow gets, from its entry in the state directory."""
+
+    @pytest.fixture
+    def entry(self, tmp_path: Path) -> Iterator[Callable[..., Path]]:
+        """Record a server as `imds serve` does (held while this test runs); its state dir."""
+        held: list[Published] = []
+
+        def entry(*urls: str, **fields: Any) -> Path:
+            state = tmp_path / "state"
+            published = publish(str(state), Server(
+                pid=os.getpid(), control_url="http://127.0.0.1:9", urls=urls,
+                role="imds-local-role", source="minted", started=time.time(),
+                **{"ecs_task": "task-1", **fields}))
+            assert published is not None
+            held.append(published)
+            (state / CONTAINER_TOKEN_FILE).write_text(STATE_DIR_TOKEN + "\n")
+            return state
+
+        yield entry
+        for published in held:
+            published.withdraw()
+
+    def env(self, state: Path, capsys: pytest.CaptureFixture[str],
+            *args: str) -> tuple[int, dict[str, str], str]:
+        code = main(["env", "--state-dir", str(state), *args], {})
+        out, err = capsys.readouterr()
+        return code, exports_of(out), err
+
+    def test_a_server_on_every_address_is_reached_on_loopback(
+        self, entry: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        state = entry("http://0.0.0.0:4321")
+        assert (0, {flows.ENDPOINT: "http://127.0.0.1:4321", flows.ENDPOINT_MODE: "IPv4"},
+                "") == self.env(state, capsys)
+        assert (0, {flows.FULL_URI: "http://127.0.0.1:4321/v2/credentials/task-1",
+                    flows.TOKEN: STATE_DIR_TOKEN}, "") == self.env(state, capsys, "ecs")
+
+    def test_imds_takes_the_first_url_and_a_container_flow_the_first_sdks_allow(
+        self, entry: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An http full URI to 169.254.169.254 is refused by every SDK [K-02]."""
+        state = entry("http://169.254.169.254:80", "http://127.0.0.1:4321")
+        assert "http://169.254.169.254:80" == self.env(state, capsys)[1][flows.ENDPOINT]
+        code, found, err = self.env(state, capsys, "pod-identity")
+        assert (0, "") == (code, err)
+        assert "http://127.0.0.1:4321/v1/credentials" == found[flows.FULL_URI]
+
+    def test_a_server_only_on_a_refused_host_is_printed_with_a_warning(
+        self, entry: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        state = entry("http://169.254.169.254:80")
+        code, found, err = self.env(state, capsys, "ecs")
+        assert 0 == code
+        assert "http://169.254.169.254:80/v2/credentials/task-1" == found[flows.FULL_URI]
+        assert "SDKs refuse an http full URI" in err and "[K-02]" in err
+
+    def test_another_task_id_and_a_given_token(
+        self, entry: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        state = entry("http://127.0.0.1:4321")
+        assert (0, {flows.FULL_URI: "http://127.0.0.1:4321/v2/credentials/batch",
+                    flows.TOKEN: "given token"}, "") == self.env(
+            state, capsys, "ecs", "--task-id", "batch", "--container-token", "given token")
+
+    def test_a_server_with_its_own_token_is_exit_2_until_it_is_given(
+        self, entry: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The state directory's token would be refused: printing it would only mislead."""
+        state = entry("http://127.0.0.1:4321", own_container_token=True)
+        code, found, err = self.env(state, capsys, "ecs")
+        assert (EXIT_USAGE, {}) == (code, found)
+        assert "was started with its own --container-token" in err
+        code, found, _ = self.env(state, capsys, "ecs", "--container-token", OWN_TOKEN)
+        assert (0, OWN_TOKEN) == (code, found[flows.TOKEN])
+
+    def test_a_token_with_a_line_break_is_refused_not_printed(
+        self, entry: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """SDKs refuse it [K-03]; the export would fail far from the cause."""
+        state = entry("http://127.0.0.1:4321")
+        code, found, err = self.env(state, capsys, "ecs", "--container-token", "a\r\nb")
+        assert (EXIT_USAGE, {}) == (code, found)
+        assert "CR or LF" in err
+
+    def test_a_server_without_an_ecs_task_is_exit_1(
+        self, entry: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        state = entry("http://127.0.0.1:4321", ecs_task="")
+        code, found, err = self.env(state, capsys, "ecs")
+        assert (EXIT_ERROR, {}) == (code, found)
+        assert "does not serve ECS task credentials" in err
 
 
 class TestPodToken:
