@@ -50,8 +50,8 @@ class Server:
     started: float
     # Started with its own --control-token: the state directory's does not open its API.
     own_token: bool = False
-    # The ECS task id the server's own role is served under, and whether it was started with
-    # its own --container-token (imds env ecs): the lead's fields, stand-ins until core lands.
+    # The id its own role is served under at /v2/credentials/<id> (imds env ecs), and
+    # whether it was given its own --container-token (else the state directory's).
     ecs_task: str = ""
     own_container_token: bool = False
 
@@ -72,7 +72,8 @@ class Server:
         if not (isinstance(server.pid, int) and isinstance(server.control_url, str)
                 and all(isinstance(url, str) for url in server.urls)
                 and isinstance(server.role, str) and isinstance(server.source, str)
-                and isinstance(server.started, int | float)):
+                and isinstance(server.started, int | float)
+                and isinstance(server.ecs_task, str)):
             raise ValueError("not a server entry: a field of the wrong type")
         return server
 

@@ -1,1 +1,0 @@
-"""Container credential endpoints (stand-in on branch envcmd until the lead's lands)."""
