@@ -108,7 +108,7 @@ class EcsEndpoint:
             version, task = "v2", path[len(V2_PREFIX):].removeprefix("/")
         else:
             version = "v1"
-            ids = parse_qs(query).get("id")
+            ids = parse_qs(query, keep_blank_values=True).get("id")
             task = ids[0] if ids else ""
         if not is_relative_flow(header):
             sent = header("authorization")

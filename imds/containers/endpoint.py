@@ -34,7 +34,7 @@ class ContainerEndpoints:
                 return None  # `/v2/credentialsX`: not ours
             ecs = True
         elif path == PATH:
-            ecs = (bool(query) and "id" in parse_qs(query)) or is_relative_flow(header)
+            ecs = (bool(query) and "id" in parse_qs(query, keep_blank_values=True)) or is_relative_flow(header)
         else:
             return None
         if method not in _GET_HEAD:

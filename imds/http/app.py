@@ -58,7 +58,9 @@ def _respond(
     headers: tuple[tuple[str, str], ...] = (),
     close: bool = False,
 ) -> web.Response:
-    response = web.Response(status=status, body=body, content_type=content_type)
+    # aiohttp takes a charset apart from the type, and writes them back as one header.
+    kind, _, charset = content_type.partition("; charset=")
+    response = web.Response(status=status, body=body, content_type=kind, charset=charset or None)
     response.headers.update(state.common_headers)
     response.headers.extend(headers)
     if close or state.config.connection_close:

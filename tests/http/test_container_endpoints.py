@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -260,10 +261,12 @@ class TestPodIdentitySessions:
                                      sts_endpoint_url=sts.url)
         before = len(sts.calls("AssumeRole"))
         keys = []
+        uids = {"web-1": str(uuid.uuid4()), "web-2": str(uuid.uuid4())}
         for pod in ("web-1", "web-2", "web-1"):
+            # A fresh token each time, as kubelet rotates it; the pod stays the same.
             status, _, body = await fetch(http, running.url + "/v1/credentials", {
                 "Authorization": pod_token(running, namespace="shop", service_account="web",
-                                           pod_name=pod)})
+                                           pod_name=pod, pod_uid=uids[pod])})
             assert 200 == status, body
             keys.append(json.loads(body)["AccessKeyId"])
             assert "111122223333" == json.loads(body)["AccountId"]
@@ -275,8 +278,7 @@ class TestPodIdentitySessions:
                 for i in range(1, 7)}
         assert {"eks-cluster-arn": "arn:aws:eks:us-east-1:123456789012:cluster/imds-local",
                 "eks-cluster-name": "imds-local", "kubernetes-namespace": "shop",
-                "kubernetes-service-account": "web",
-                "kubernetes-pod-name": "web-1"} == {k: v for k, v in tags.items()
-                                                   if k != "kubernetes-pod-uid"}
+                "kubernetes-service-account": "web", "kubernetes-pod-name": "web-1",
+                "kubernetes-pod-uid": uids["web-1"]} == tags
         transitive = {v for k, v in calls[0].params.items() if k.startswith("TransitiveTagKeys")}
         assert set(tags) == transitive
