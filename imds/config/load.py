@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from imds.config import containers
+from imds.config import containers, sts
 from imds.config import instance as inst
-from imds.config import sts
 from imds.config.model import CONTROL_PORT, DEFAULT_ACCOUNT_ID, ENV_PREFIX, Config
 from imds.config.options import _BY_KEY, OPTIONS, Option
 from imds.config.tomlfile import read_toml

@@ -34,7 +34,8 @@ class ContainerEndpoints:
                 return None  # `/v2/credentialsX`: not ours
             ecs = True
         elif path == PATH:
-            ecs = (bool(query) and "id" in parse_qs(query, keep_blank_values=True)) or is_relative_flow(header)
+            asked = bool(query) and "id" in parse_qs(query, keep_blank_values=True)
+            ecs = asked or is_relative_flow(header)
         else:
             return None
         if method not in _GET_HEAD:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from imds.containers.satoken import load_or_create_key, mint
 
+from imds.containers.satoken import load_or_create_key, mint
 from imds.server import Running
 from tests.conftest import ServerFactory
 from tests.support.sts_support import BASE_KEY_ID, BASE_SECRET, StsProxy
