@@ -207,6 +207,8 @@ async def serve(config: Config) -> None:
                 _name_the_others(published.server.pid, running.config.state_dir)
         print(f"imds: serving role {role.name} from {running.rotator.source.describe()}",
               flush=True)
+        if running.containers is not None:
+            _print_containers(running)
         if running.routes is not None:
             for network, name in running.routes.role_map.clients:
                 print(f"imds: callers in {network} get role {name}", flush=True)
@@ -219,6 +221,17 @@ async def serve(config: Config) -> None:
         if published is not None:
             published.withdraw()
         await running.stop(hurry=signals.hurry)
+
+
+def _print_containers(running: Running) -> None:
+    """Where the ECS and Pod Identity endpoints are, and how to point an SDK at them."""
+    assert running.containers is not None
+    url = running.urls[0]
+    for task, role in running.containers.ecs.roles().items():
+        print(f"imds: ECS task {task} gets role {role} at {url}/v2/credentials/{task}",
+              flush=True)
+    print(f"imds: EKS Pod Identity at {url}/v1/credentials; `imds env ecs|pod-identity` "
+          "prints the variables an SDK needs", flush=True)
 
 
 def _publish(running: Running, control_url: str, own_token: bool) -> Published | None:
