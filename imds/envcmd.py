@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from imds import flows, podtoken
+from imds.containers.build import TOKEN_FILE as CONTAINER_TOKEN_FILE
 from imds.ctl import choose, state_dir_of
-from imds.errors import ConfigError, FlowError, ServerChoiceError
+from imds.errors import ConfigError, FlowError, ServerChoiceError, StartupError
 from imds.lab.registry import Server
 
 COMMANDS = ("env", "exec", "pod-token")
@@ -32,8 +33,6 @@ EXIT_USAGE = 2
 EXIT_CANNOT_RUN = 126
 EXIT_NOT_FOUND = 127
 
-# The ECS full-URI token a server generates when not given --container-token (0600).
-CONTAINER_TOKEN_FILE = "container-token"
 
 Warn = Callable[[str], None]
 
@@ -143,7 +142,7 @@ def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except (ServerChoiceError, ConfigError) as exc:  # ConfigError: also an unsafe state dir
         print(f"imds {command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except FlowError as exc:
+    except (FlowError, StartupError) as exc:  # StartupError: the signing key is unusable
         print(f"imds {command}: {exc}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -64,12 +64,19 @@ class Pod:
 
 
 def mint(state_dir: str | Path, pod: Pod, lifetime: int = DEFAULT_LIFETIME) -> str:
-    """A token for `pod`, signed with the state directory's key (created if missing)."""
+    """
+    A token for `pod`, signed with the state directory's key (created if missing). Raises
+    ConfigError for a bad lifetime or an unsafe state directory, StartupError when the key
+    cannot be created or read.
+    """
     if not 1 <= lifetime <= MAX_LIFETIME:
         raise ConfigError(f"--lifetime {lifetime}: expected 1..{MAX_LIFETIME} seconds")
-    key = satoken.load_or_create_key(str(state_dir))
-    return satoken.mint(key, namespace=pod.namespace, service_account=pod.service_account,
-                        pod_name=pod.name, pod_uid=pod.uid, lifetime=lifetime)
+    key = satoken.load_or_create_key(state_dir)
+    try:
+        return satoken.mint(key, namespace=pod.namespace, service_account=pod.service_account,
+                            pod_name=pod.name, pod_uid=pod.uid, lifetime=lifetime)
+    except ValueError as exc:  # names checked above; satoken's own rules, should they differ
+        raise ConfigError(str(exc)) from None
 
 
 def default_path(state_dir: str | Path, pod: Pod) -> Path:
