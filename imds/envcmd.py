@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,6 +36,8 @@ EXIT_NOT_FOUND = 127
 
 
 Warn = Callable[[str], None]
+# A task id as `--ecs-task` takes it (imds.config.containers): safe in a URL path.
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def add_parsers(sub: Any) -> None:
@@ -175,6 +178,9 @@ def resolve(flow: str, args: argparse.Namespace, environ: Mapping[str, str],
         return flows.imds_variables(url)
     if flow == flows.ECS:
         task = args.task_id or server.ecs_task
+        if args.task_id and not _TASK_ID.fullmatch(args.task_id):
+            raise ConfigError(f"--task-id {args.task_id!r}: expected an id given to the server "
+                              "with --ecs-task (letters, digits and ._-)")
         if not task:
             raise FlowError(f"server {server.pid} does not serve ECS task credentials (its "
                             "entry names no ECS task: an imds from before ECS support?)")

@@ -308,6 +308,14 @@ class TestChoosingTheUrl:
                     flows.TOKEN: "given token"}, "") == self.env(
             state, capsys, "ecs", "--task-id", "batch", "--container-token", "given token")
 
+    def test_a_task_id_that_is_no_path_segment_is_refused(
+        self, entry: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        state = entry("http://127.0.0.1:4321")
+        code, found, err = self.env(state, capsys, "ecs", "--task-id", "../v1/credentials")
+        assert (EXIT_USAGE, {}) == (code, found)
+        assert "--task-id" in err
+
     def test_a_server_with_its_own_token_is_exit_2_until_it_is_given(
         self, entry: Callable[..., Path], capsys: pytest.CaptureFixture[str]
     ) -> None:
