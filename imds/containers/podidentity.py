@@ -48,7 +48,7 @@ class Cluster:
 
 
 def session_tags(cluster: Cluster, claims: PodClaims) -> tuple[tuple[str, str], ...]:
-    """The six tags EKS Pod Identity attaches to the AssumeRole, all transitive (AWS docs)."""
+    """The six tags EKS Pod Identity attaches to the AssumeRole, all transitive [K-11]."""
     return (
         ("eks-cluster-arn", cluster.arn),
         ("eks-cluster-name", cluster.name),
