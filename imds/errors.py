@@ -10,6 +10,8 @@ may raise and catch them (README, "Where things are").
     ├── InvalidTTL       a token request's TTL header is missing, malformed or out of range
     ├── FaultError       a fault specification sent to the control API is invalid
     ├── LabError         a rotation-lab action cannot be done; carries the control API's status
+    ├── TokenRejected    an EKS Pod Identity service-account token fails verification; the
+    │                    endpoint answers 400 with the reason [K-08]
     ├── CtlError         `imds ctl` cannot reach the control API, or it refused; exit 1
     │   └── ServerChoiceError  several servers run on the state directory and none is
     │                          chosen, or --server names none or several; exit 2
@@ -55,6 +57,10 @@ class LabError(ImdsError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class TokenRejected(ImdsError):
+    """Raised when a service-account token fails verification; says why, never holds it."""
 
 
 class CtlError(ImdsError):

@@ -20,12 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from imds.containers.documents import plain_error, pod_identity_document
-from imds.containers.satoken import PodClaims, TokenRejected, Verifier
+from imds.containers.satoken import PodClaims, Verifier
 from imds.containers.served import Served
 from imds.creds.pool import RoleKey, RotatorPool
 from imds.ec2.answer import Header, Reply
 from imds.ec2.guard import host_name
-from imds.errors import SourceError
+from imds.errors import SourceError, TokenRejected
 
 # [K-06] the agent's link-local addresses.
 POD_IDENTITY_ADDRESSES = frozenset({"169.254.170.23", "fd00:ec2::23"})
@@ -48,7 +48,7 @@ class Cluster:
 
 
 def session_tags(cluster: Cluster, claims: PodClaims) -> tuple[tuple[str, str], ...]:
-    """The six tags EKS Pod Identity attaches to the AssumeRole, all transitive (AWS docs)."""
+    """The six tags EKS Pod Identity attaches to the AssumeRole, all transitive [K-11]."""
     return (
         ("eks-cluster-arn", cluster.arn),
         ("eks-cluster-name", cluster.name),

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.types import Options
 
-from imds.errors import ConfigError, ImdsError, StartupError
+from imds.errors import ConfigError, StartupError, TokenRejected
 from imds.instance.statedir import locked, write_once
 
 AUDIENCE = "pods.eks.amazonaws.com"
@@ -62,10 +62,6 @@ _SIGNATURE_ONLY: Options = {
 }
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-
-
-class TokenRejected(ImdsError):
-    """Raised when a service-account token fails verification; says why, never holds it."""
 
 
 @dataclass(frozen=True, slots=True)
