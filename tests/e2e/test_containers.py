@@ -46,7 +46,10 @@ POD_IDENTITY = ROOT / "compose.pod-identity.yaml"
 ECS_TASK = "5f0c7a2e-8d41-4b6a-9c3e-2a7d1e9b6f40"
 TOKEN_DIR = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount"
 # What examples/compose/container_app.py prints once the default chain found credentials.
-CONTAINER_APP_OK = re.compile(r"credentials: method=container-role access_key_id=ASIA\w{16}\b")
+CONTAINER_APP_OK = re.compile(
+    r"credentials: method=container-role access_key_id=ASIA\w{12}(\w{4})\b")
+# The server's log line for each key it mints (its last four characters only).
+ROTATED = re.compile(r"rotated credentials for role (\S+): key …(\w{4})")
 ROUND = re.compile(r"round \d+: key=…(\w{4}) source=(\S+) .*caller=(\S+) ok")
 
 
@@ -275,6 +278,17 @@ def aws_variables(podman: containers.Podman, container: str) -> list[str]:
                   if item.startswith("AWS_"))
 
 
+def served_role(output: str) -> str | None:
+    """The role whose key the container app printed, found by the key's last four
+    characters in the server's rotation log; None if the app printed no key."""
+    found = CONTAINER_APP_OK.search(output)
+    if found is None:
+        return None
+    roles = {role for role, suffix in ROTATED.findall(output) if suffix == found.group(1)}
+    assert 1 == len(roles), (found.group(0), ROTATED.findall(output))
+    return roles.pop()
+
+
 class TestComposeContainerCredentials:
     """compose.ecs.yaml and compose.pod-identity.yaml, run until their app exits."""
 
@@ -286,7 +300,8 @@ class TestComposeContainerCredentials:
                 project.until_exit("app", timeout=180) as run:
             output = run.stdout + run.stderr
             assert 0 == run.returncode, output
-            assert CONTAINER_APP_OK.search(output), output
+            # The role of its task, not the server's own (imds-local-role).
+            assert "app-task-role" == served_role(output), output
             # What ECS gives a task and nothing else: no keys, no token, no IMDS setting;
             # the task id is the one the server was started with [K-01].
             assert [f"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=/v2/credentials/{ECS_TASK}"
@@ -300,7 +315,8 @@ class TestComposeContainerCredentials:
                 project.until_exit("app", timeout=180) as run:
             output = run.stdout + run.stderr
             assert 0 == run.returncode, output
-            assert CONTAINER_APP_OK.search(output), output
+            # The role of its association, not the server's own (imds-local-role).
+            assert "app-pod-role" == served_role(output), output
             # What EKS injects into a pod [K-06]: the agent's full URI and the token file,
             # which the pod can read but not change.
             app = project.container("app")
