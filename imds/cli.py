@@ -1,7 +1,9 @@
 """
 The `imds` command: `serve` runs the metadata service, `config` prints what it would use,
 `identity-cert` prints the certificate that verifies the identity document's signatures,
-`ctl` drives a running server's rotation lab (imds.ctl; exit 1 when the API refuses).
+`ctl` drives a running server's rotation lab (imds.ctl; exit 1 when the API refuses),
+`env`, `exec` and `pod-token` point an SDK at a running server through the EC2, ECS or EKS
+Pod Identity flow (imds.envcmd; exit 1 when no server serves it).
 
 Exit codes: 0 success, 2 bad usage or configuration, 3 the server could not start.
 """
@@ -59,9 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("identity-cert", parents=[common], allow_abbrev=False,
                    help="print the PEM certificate that verifies the instance identity "
                         "signatures (created in the state dir if missing)")
-    from imds import ctl
+    from imds import ctl, envcmd
 
     ctl.add_parser(sub)
+    envcmd.add_parsers(sub)
     return parser
 
 
@@ -78,6 +81,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from imds import ctl
 
         return ctl.main(args, env)
+    if args.command in ("env", "exec", "pod-token"):
+        # Clients too, of a running server or of the state directory's signing key.
+        from imds import envcmd
+
+        return envcmd.main(args, env)
     try:
         config = load_config(args, env)
     except ConfigError as exc:

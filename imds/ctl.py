@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -102,6 +103,17 @@ class ControlClient:
 
     def metrics(self) -> str:
         return self.request("GET", "/metrics")  # type: ignore[no-any-return]
+
+    def ecs_tasks(self) -> dict[str, str]:
+        return self.request("GET", "/api/ecs/tasks")  # type: ignore[no-any-return]
+
+    def assign_task(self, task: str, role: str) -> dict[str, str]:
+        path = "/api/ecs/tasks/" + urllib.parse.quote(task, safe="")
+        return self.request("PUT", path, {"role": role})  # type: ignore[no-any-return]
+
+    def remove_task(self, task: str) -> dict[str, str]:
+        path = "/api/ecs/tasks/" + urllib.parse.quote(task, safe="")
+        return self.request("DELETE", path)  # type: ignore[no-any-return]
 
 
 def _role(role: str | None) -> dict[str, Any]:
@@ -235,6 +247,14 @@ def add_parser(sub: Any) -> None:
     fault.add_argument("--mode", help=f"drop: {'|'.join(DROP_MODES)} (default: {DROP_MODES[0]}); "
                                       f"body: {'|'.join(BODY_MODES)} (default: {BODY_MODES[0]})")
     fault.add_argument("--id", help="with clear: only this fault (default: all)")
+    task = actions.add_parser(
+        "ecs-task", help="the ECS task ids served at /v2/credentials/ID: `ecs-task list`, "
+                         "`ecs-task add ID ROLE`, `ecs-task remove ID`")
+    task.add_argument("verb", choices=("list", "add", "remove"), metavar="VERB",
+                      help="list, add or remove")
+    task.add_argument("task", nargs="?", metavar="ID", help="the task id (add, remove)")
+    task.add_argument("role", nargs="?", metavar="ROLE",
+                      help="add: a role name (minted locally) or role ARN (assumed with STS)")
     actions.add_parser("url", help="print the timeline page's URL, with the token")
     actions.add_parser("metrics", help="print /metrics")
 
@@ -288,6 +308,14 @@ def _dispatch(client: ControlClient, args: argparse.Namespace) -> Any:
         return client.add_fault(kind=args.kind, paths=args.path, count=args.count,
                                 duration=args.duration, status=args.status,
                                 delay=args.delay, mode=args.mode)
+    if action == "ecs-task":
+        if args.verb == "list":
+            return client.ecs_tasks()
+        if not args.task or (args.verb == "add") != bool(args.role):
+            raise CtlError("ecs-task: give `add ID ROLE` or `remove ID`")
+        if args.verb == "add":
+            return client.assign_task(args.task, args.role)
+        return client.remove_task(args.task)
     if action == "url":
         return f"{client.url}/#token={client._token}"
     return client.metrics()
@@ -359,6 +387,11 @@ def _human(action: str, result: Any) -> str:
             lines += [f"  {_when(f['at'])}  {f['client']}  {f['role']}  {f['key'] or 'no key'}"
                       + (f"  ({f['fault']})" if f["fault"] else "") for f in fetches]
         return "\n".join(lines)
+    if action == "ecs-task":
+        if "task" in result:
+            role = result.get("role")
+            return f"task {result['task']}: " + (f"serves role {role}" if role else "removed")
+        return "\n".join(f"{task}  {role}" for task, role in result.items()) or "no tasks"
     if action == "rotate":
         return f"rotated {result['role']}: key {result['key']} until {_when(result['expires'])}"
     if action in ("expire", "revoke") or (action == "fault" and "kind" in result):

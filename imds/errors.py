@@ -10,9 +10,13 @@ may raise and catch them (README, "Where things are").
     ├── InvalidTTL       a token request's TTL header is missing, malformed or out of range
     ├── FaultError       a fault specification sent to the control API is invalid
     ├── LabError         a rotation-lab action cannot be done; carries the control API's status
-    └── CtlError         `imds ctl` cannot reach the control API, or it refused; exit 1
-        └── ServerChoiceError  several servers run on the state directory and none is
-                               chosen, or --server names none or several; exit 2
+    ├── TokenRejected    an EKS Pod Identity service-account token fails verification; the
+    │                    endpoint answers 400 with the reason [K-08]
+    ├── CtlError         `imds ctl` cannot reach the control API, or it refused; exit 1
+    │   └── ServerChoiceError  several servers run on the state directory and none is
+    │                          chosen, or --server names none or several; exit 2
+    └── FlowError        `imds env`/`imds exec` find no server running, or one that does
+                         not serve the chosen flow; exit 1
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ class LabError(ImdsError):
         self.status = status
 
 
+class TokenRejected(ImdsError):
+    """Raised when a service-account token fails verification; says why, never holds it."""
+
+
 class CtlError(ImdsError):
     """Raised when the control API cannot be reached or refuses a request."""
 
@@ -63,4 +71,11 @@ class ServerChoiceError(CtlError):
     """
     Raised when `imds ctl` cannot tell which server is meant: several run on the state
     directory and none was chosen, or `--server` names none of them or several.
+    """
+
+
+class FlowError(ImdsError):
+    """
+    Raised when `imds env` or `imds exec` cannot point a client at a running server: none
+    runs on the state directory, or it lacks what the flow needs (an ECS task, a token).
     """

@@ -25,6 +25,9 @@ from imds.config import Config, account_mismatch
 from imds.config.endpoints import endpoints
 from imds.config.rolemap import DEFAULT_ROLE
 from imds.config.rolemap import read as read_role_map
+from imds.containers.build import pod_session, start_containers
+from imds.containers.endpoint import ContainerEndpoints
+from imds.creds.pool import RoleKey, RotatorPool
 from imds.creds.rotation import Rotator
 from imds.creds.sources import CredentialSource, LocalSource
 from imds.ec2.tokens import TokenSigner
@@ -73,6 +76,11 @@ class Running:
     # The rotation lab (faults, counters, actions) and its control listener (imds.lab.control).
     lab: Lab | None = None
     control: Control | None = None
+    # Every role's rotation, and the ECS and Pod Identity endpoints (imds.containers) with
+    # the id the server's own role is served under.
+    pool: RotatorPool | None = None
+    containers: ContainerEndpoints | None = None
+    ecs_task: str = ""
 
     async def stop(self, hurry: asyncio.Event | None = None) -> None:
         """
@@ -109,6 +117,20 @@ async def start(
     # Signed and minted once; every role's tree shares it (imds.instance).
     instance = SimulatedInstance(config, clock, started)
     tree = instance.tree(rotator)
+
+    def make_rotator(key: RoleKey) -> Rotator:
+        role_config = rolemap.config_for_role(config, key.role)
+        if key.tags:
+            role_config = pod_session(role_config, key.tags)
+        return Rotator(lab.watch(build_source(role_config, clock)),
+                       refresh_ahead=config.refresh_ahead, clock=clock)
+
+    # One rotation per role, whichever endpoints serve it (imds.creds.pool); per-pod
+    # sessions are not the lab's roles (their names repeat the role's).
+    pool = RotatorPool(make_rotator,
+                       started=lambda key, r: None if key.tags else lab.attach(r))
+    own = rolemap.own_role(config)
+    pool.add(RoleKey(own), rotator)
     routes = None
     if config.role_map:
         # Per-caller roles: one primed rotator and tree per role of the map (imds.http.rolemap).
@@ -116,20 +138,15 @@ async def start(
             role_map = read_role_map(config.role_map)
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
-        routes = await rolemap.start_routes(
-            config,
-            role_map,
-            default=(rotator, tree),
-            make_rotator=lambda role_config: Rotator(
-                lab.watch(build_source(role_config, clock)),
-                refresh_ahead=config.refresh_ahead, clock=clock),
-            make_tree=instance.tree,
-        )
-        for role_rotator in routes.rotators.values():
-            lab.attach(role_rotator)
+        routes = await rolemap.start_routes(config, role_map, pool=pool, default_tree=tree,
+                                            make_tree=instance.tree)
+    listening = endpoints(config.listen, config.host, config.port)
+    containers, ecs_task = await start_containers(config, pool=pool, own_role=own,
+                                                  endpoints=listening, clock=clock)
     signer = TokenSigner(clock)
     app = make_app(config, tree=tree, rotator=rotator, clock=clock, signer=signer,
-                   started=started, routes=routes, lab=lab)
+                   started=started, routes=routes, lab=lab, pool=pool,
+                   containers=containers)
     # The two listeners' connection caps share the open-file limit (imds.http.descriptors).
     budget = descriptors.share(config.max_connections,
                                CONTROL_LIMITS.max_connections if config.control else 0)
@@ -138,7 +155,7 @@ async def start(
                           max_connections=budget.metadata, shutdown_timeout=shutdown.GRACE)
     await runner.setup()
     try:
-        await start_sites(runner.site, endpoints(config.listen, config.host, config.port))
+        await start_sites(runner.site, listening)
     except BaseException:  # a StartupError, or a stop signal while binding (cancelled)
         await runner.cleanup()
         raise
@@ -146,12 +163,13 @@ async def start(
     if config.control:
         try:
             control = await start_control(config, lab, config.control_token or new_token(),
-                                          max_connections=budget.control)
+                                          max_connections=budget.control, ecs=containers.ecs)
         except BaseException:
             await runner.cleanup()
             raise
     return Running(runner, _url(runner), rotator, signer, config, urls=urls(runner),
-                   routes=routes, lab=lab, control=control)
+                   routes=routes, lab=lab, control=control, pool=pool,
+                   containers=containers, ecs_task=ecs_task)
 
 
 def _url(runner: web.AppRunner) -> str:
@@ -189,6 +207,8 @@ async def serve(config: Config) -> None:
                 _name_the_others(published.server.pid, running.config.state_dir)
         print(f"imds: serving role {role.name} from {running.rotator.source.describe()}",
               flush=True)
+        if running.containers is not None:
+            _print_containers(running)
         if running.routes is not None:
             for network, name in running.routes.role_map.clients:
                 print(f"imds: callers in {network} get role {name}", flush=True)
@@ -203,13 +223,25 @@ async def serve(config: Config) -> None:
         await running.stop(hurry=signals.hurry)
 
 
+def _print_containers(running: Running) -> None:
+    """Where the ECS and Pod Identity endpoints are, and how to point an SDK at them."""
+    assert running.containers is not None
+    url = running.urls[0]
+    for task, role in running.containers.ecs.roles().items():
+        print(f"imds: ECS task {task} gets role {role} at {url}/v2/credentials/{task}",
+              flush=True)
+    print(f"imds: EKS Pod Identity at {url}/v1/credentials; `imds env ecs|pod-identity` "
+          "prints the variables an SDK needs", flush=True)
+
+
 def _publish(running: Running, control_url: str, own_token: bool) -> Published | None:
     """Record this server in its state directory, where `imds ctl` looks (imds.lab.registry)."""
     source = running.rotator.source
     return publish(running.config.state_dir, Server(
         pid=os.getpid(), control_url=control_url, urls=tuple(running.urls),
         role=source.role.name, source=source.describe(), started=time.time(),
-        own_token=own_token))
+        own_token=own_token, ecs_task=running.ecs_task,
+        own_container_token=bool(running.config.container_token)))
 
 
 def _name_the_others(pid: int, state_dir: str) -> None:

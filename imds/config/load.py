@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from imds.config import containers, sts
 from imds.config import instance as inst
-from imds.config import sts
 from imds.config.model import CONTROL_PORT, DEFAULT_ACCOUNT_ID, ENV_PREFIX, Config
 from imds.config.options import _BY_KEY, OPTIONS, Option
 from imds.config.tomlfile import read_toml
@@ -214,6 +214,10 @@ def finish(config: Config) -> Config:
     if config.user_data and config.user_data_file:
         raise ConfigError("user_data and user_data_file are both set; give one")
     changes["account_id"] = config.account_id or DEFAULT_ACCOUNT_ID
+    # ECS task roles and Pod Identity associations may name ARNs too: STS settings apply.
+    container_roles = [*containers.tasks(config.ecs_task).values(),
+                       *containers.associations(config.pod_identity_association).values()]
+    map_arns += tuple(role for role in container_roles if role.startswith("arn:"))
     changes.update(_sts_changes(config, map_arns))
     changes["user_data_bytes"] = _user_data(config)
     return dataclasses.replace(config, **changes)

@@ -79,6 +79,16 @@ class Config:
     maintenance_events: tuple[inst.MaintenanceEvent, ...] = ()
     # [X-01] `iam/security-credentials-extended/` (with `AccountId`) is not on every instance.
     extended_credentials: bool = False
+    # Container credential endpoints (docs/container-credentials.md) [K-01] [K-06]: ECS task
+    # ids and EKS Pod Identity associations ("ID=ROLE", "NAMESPACE/SERVICE_ACCOUNT=ROLE"),
+    # the full-URI token (""; generated and kept in the state dir), the cluster issuer's keys
+    # (none: the state dir's own) and the Pod Identity rate limit (0: none).
+    ecs_task: tuple[str, ...] = ()
+    container_token: str = field(default="", repr=False)
+    pod_identity_association: tuple[str, ...] = ()
+    pod_identity_keys: tuple[str, ...] = ()
+    cluster_name: str = "imds-local"
+    pod_identity_rate: int = 0
     # The identity key, its certificate and the generated instance id live here.
     state_dir: str = ""
     # Operations.
@@ -107,6 +117,9 @@ class Config:
     # (no disk read on the request path); None when the instance has no user data [U-02].
     # Not an Option (the `cli_only` mark keeps it out of the option table).
     user_data_bytes: bytes | None = field(default=None, repr=False, metadata={"cli_only": True})
+    # Session tag keys passed on to roles the session assumes in turn; set (not an Option)
+    # for EKS Pod Identity sessions, whose tags are all transitive (imds.containers).
+    transitive_tag_keys: tuple[str, ...] = field(default=(), metadata={"cli_only": True})
 
     @property
     def zone(self) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 
+from imds.config import containers as ctr
 from imds.config import instance as inst
 from imds.config import sts
 from imds.config.endpoints import parse_endpoint, parse_host
@@ -196,9 +197,10 @@ SERVER = "server"
 CREDENTIALS = "credentials and STS"
 INSTANCE = "instance"
 CONTAINERS = "containers"
+CONTAINER_CREDENTIALS = "ECS task roles and EKS Pod Identity"
 LIMITS = "limits"
 LAB = "lab"
-GROUPS = (SERVER, CREDENTIALS, INSTANCE, CONTAINERS, LIMITS, LAB)
+GROUPS = (SERVER, CREDENTIALS, INSTANCE, CONTAINERS, CONTAINER_CREDENTIALS, LIMITS, LAB)
 
 
 def _group(title: str, *options: Option) -> tuple[Option, ...]:
@@ -348,6 +350,31 @@ OPTIONS: tuple[Option, ...] = (
         Option("log_level", _choice("debug", "info", "warning", "error"), "log level",
                "LEVEL"),
         Option("log_format", _choice("text", "json"), "log line format", "FORMAT"),
+    ),
+    *_group(
+        CONTAINER_CREDENTIALS,
+        Option("ecs_task", ctr.ecs_task,
+               "serve ROLE (a name, minted locally, or an ARN, assumed with STS) at "
+               "/v2/credentials/TASK_ID, as the ECS agent does; repeatable", "TASK_ID=ROLE",
+               repeated=True, pairs=True,
+               default_text="the server's own role, under the id in state_dir/ecs-task-id"),
+        Option("container_token", ctr.container_token,
+               "the Authorization token the ECS full-URI flow must send "
+               "(AWS_CONTAINER_AUTHORIZATION_TOKEN)", "TOKEN", masked=True,
+               default_text="generated once, kept in state_dir/container-token (mode 0600)"),
+        Option("pod_identity_association", ctr.association,
+               "EKS Pod Identity: the role for a service account; repeatable",
+               "NAMESPACE/SERVICE_ACCOUNT=ROLE", repeated=True, pairs=True,
+               default_text="none: every service account gets the server's own role"),
+        Option("pod_identity_keys", _path,
+               "public keys of the cluster's service-account issuer (JWKS or PEM) that sign "
+               "Pod Identity tokens; repeatable", "FILE", repeated=True,
+               default_text="the key imds pod-token signs with (state_dir/pod-identity-key.pem)"),
+        Option("cluster_name", _pattern(r"[0-9A-Za-z][A-Za-z0-9_-]{0,99}",
+                                        "an EKS cluster name"),
+               "EKS cluster name, in the eks-cluster-* session tags", "NAME"),
+        Option("pod_identity_rate", _int_range(0, 1_000_000),
+               "Pod Identity requests a second before 429 answers; 0: no limit", "N"),
     ),
     *_group(
         LIMITS,

@@ -11,7 +11,7 @@ send the same bytes for one reply. Every rule cites the fact it follows (docs/sp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -23,11 +23,26 @@ from imds.errors import InvalidTTL
 
 _GET_HEAD = frozenset({"GET", "HEAD"})
 
+# Looks a request header up by its lower-case name (aiohttp's headers ignore case, the fast
+# path's are lower-cased).
+Header = Callable[[str], str | None]
+
 
 class Routes(Protocol):
     """Per-caller trees (imds.http.rolemap): each container its own instance profile."""
 
     def tree_for(self, remote: str | None) -> Directory: ...
+
+
+# The container credential endpoints' paths (ECS [K-01], EKS Pod Identity [K-06]): no IMDS
+# path starts so (IMDS paths start with a version [N-06]).
+CONTAINER_PREFIXES = ("/v1/credentials", "/v2/credentials")
+
+
+class Containers(Protocol):
+    """The container credential endpoints (imds.containers.endpoint), beside IMDS."""
+
+    def answer(self, method: str, path: str, query: str, header: Header) -> Reply | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +59,7 @@ class Rules:
     # Host check and client allow-list (imds.ec2.guard); per-caller roles.
     guard: Guard | None = None
     routes: Routes | None = None
+    containers: Containers | None = None
 
 
 class Reply(NamedTuple):
@@ -68,6 +84,10 @@ class Reply(NamedTuple):
     # remaining lifetime [A-07] ticks down a second at a time).
     found: Found | None = None
     until: float = math.inf
+    # Not an answer yet: await this, then ask again (a pod's first request for an STS-backed
+    # role waits for its session, imds.containers.podidentity). Only aiohttp's handler can
+    # wait; the fast path hands such a request to it.
+    wait: Callable[[], Awaitable[None]] | None = None
 
 
 # Answers that never vary, made once.
@@ -85,8 +105,6 @@ _HOST = "host"
 _FORWARDED = "x-forwarded-for"
 _TOKEN = p.TOKEN_HEADER.lower()
 _TTL = p.TTL_HEADER.lower()
-
-Header = Callable[[str], str | None]
 
 
 def _token_endpoint(rules: Rules, method: str, header: Header, remote: str) -> Reply:
@@ -120,10 +138,12 @@ def answer(
     remote: str,
     *,
     has_body: bool = False,
+    query: str = "",
 ) -> Reply:
     """
-    EC2's answer to one request, whichever HTTP layer parsed it: `path` is decoded, and
-    `header` looks a header up by its lower-case name.
+    EC2's answer to one request, whichever HTTP layer parsed it: `path` is decoded,
+    `query` is the raw query string (only the container endpoints read it), and `header`
+    looks a header up by its lower-case name.
     """
     guard = rules.guard
     if guard is not None and not guard.admits(header(_HOST), remote):
@@ -136,6 +156,11 @@ def answer(
         return _NO_BODY_TAKEN
     if path == p.TOKEN_PATH:
         return _token_endpoint(rules, method, header, remote)
+    containers = rules.containers
+    if containers is not None and path.startswith(CONTAINER_PREFIXES):
+        reply = containers.answer(method, path, query, header)
+        if reply is not None:
+            return reply
 
     segments = [s for s in path.split("/") if s]
     if method not in _GET_HEAD:

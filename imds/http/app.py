@@ -10,8 +10,6 @@ token (an HMAC, no lock, no I/O), walk a dict tree, send bytes rendered ahead of
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,9 +18,10 @@ from email.utils import format_datetime
 from aiohttp import web
 
 from imds.config import Config
+from imds.creds.pool import RoleKey, RotatorPool
 from imds.creds.rotation import Rotator
 from imds.ec2 import wire as p
-from imds.ec2.answer import Rules, answer
+from imds.ec2.answer import Containers, Rules, answer
 from imds.ec2.guard import Guard
 from imds.ec2.tokens import TokenSigner
 from imds.ec2.tree import Directory
@@ -43,6 +42,8 @@ class State:
     routes: Routes | None = None
     # Faults and counters (imds.lab), shared by aiohttp's path and the fast path.
     lab: Observer | None = None
+    # Every role's rotation (imds.creds.pool): run while the app runs.
+    pool: RotatorPool | None = None
 
 
 STATE = web.AppKey("state", State)
@@ -57,7 +58,9 @@ def _respond(
     headers: tuple[tuple[str, str], ...] = (),
     close: bool = False,
 ) -> web.Response:
-    response = web.Response(status=status, body=body, content_type=content_type)
+    # aiohttp takes a charset apart from the type, and writes them back as one header.
+    kind, _, charset = content_type.partition("; charset=")
+    response = web.Response(status=status, body=body, content_type=kind, charset=charset or None)
     response.headers.update(state.common_headers)
     response.headers.extend(headers)
     if close or state.config.connection_close:
@@ -67,8 +70,13 @@ def _respond(
 
 async def handle(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    reply = answer(state.rules, request.method, request.path, request.headers.get,
-                   request.remote or "", has_body=request.body_exists)
+    ask = (state.rules, request.method, request.path, request.headers.get, request.remote or "")
+    reply = answer(*ask, has_body=request.body_exists, query=request.rel_url.raw_query_string)
+    if reply.wait is not None:
+        # A pod's first request for an STS-backed role: its session starts now
+        # (imds.containers.podidentity); then the answer is worked out again.
+        await reply.wait()
+        reply = answer(*ask, query=request.rel_url.raw_query_string)
     # [N-05] the hop limit stays on the socket, so its connection carries nothing more.
     hops_limited = apply_hop_limit(reply.hop_limit, request.transport)
     close = reply.close or hops_limited
@@ -86,18 +94,14 @@ async def _refuse_expect(request: web.Request) -> web.StreamResponse | None:
 
 async def _rotation(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    # The server's own role, plus one rotator per other role of a role map.
-    rotators = {id(state.rotator): state.rotator}
-    if state.routes is not None:
-        rotators.update((id(r), r) for r in state.routes.rotators.values())
-    tasks = [asyncio.create_task(r.run(), name=f"imds-rotation-{r.source.role.name}")
-             for r in rotators.values()]
+    pool = state.pool
+    if pool is None:
+        # Built without a pool (tests, benchmarks): the server's own role alone.
+        pool = RotatorPool(lambda key: state.rotator)
+        pool.add(RoleKey(state.rotator.source.role.name), state.rotator)
+    pool.start()
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await pool.stop()
 
 
 def make_app(
@@ -110,6 +114,8 @@ def make_app(
     started: dt.datetime | None = None,
     routes: Routes | None = None,
     lab: Observer | None = None,
+    pool: RotatorPool | None = None,
+    containers: Containers | None = None,
 ) -> web.Application:
     """
     Build the metadata application around an already primed rotator; with a `lab`, the
@@ -124,6 +130,7 @@ def make_app(
         hop_limit=config.hop_limit,
         guard=Guard.of(config.allow_host, config.allow_client),
         routes=routes,
+        containers=containers,
     )
     state = State(
         config=config,
@@ -137,6 +144,7 @@ def make_app(
         },
         routes=routes,
         lab=lab,
+        pool=pool,
     )
     # Header limits, timeouts and the connection cap are the server's (imds.http.aioserver.Limits).
     app = web.Application()

@@ -179,6 +179,9 @@ class Wire:
         method = match[1].decode("ascii")
         path = match[2].decode("ascii")
         reply = answer(state.rules, method, path, headers.get, remote)
+        if reply.wait is not None:
+            # Only aiohttp's handler can wait (imds.http.app.handle).
+            return None
         # [N-05] the hop limit stays on the socket, so its connection carries nothing more.
         hops_limited = apply_hop_limit(reply.hop_limit, transport)
         close = close or reply.close or hops_limited or state.config.connection_close

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imds.config.rolemap import DEFAULT_ROLE, RoleMap, is_arn
+from imds.creds.pool import RoleKey, RotatorPool
 from imds.creds.rotation import Rotator
 from imds.ec2.tree import Directory
 from imds.errors import ConfigError, SourceError, StartupError
@@ -98,24 +99,24 @@ async def start_routes(
     config: Any,
     role_map: RoleMap,
     *,
-    default: tuple[Rotator, Directory],
-    make_rotator: Callable[[Any], Rotator],
+    pool: RotatorPool,
+    default_tree: Directory,
     make_tree: Callable[[Rotator], Directory],
 ) -> Routes:
     """
-    One primed rotator and one tree per distinct role of the map; the server's own role
-    (`default`) is reused where the map names it.
+    One primed rotator (shared through `pool` with every other endpoint that serves the
+    role) and one tree per distinct role of the map.
     """
-    default_rotator, default_tree = default
     own = own_role(config)
-    rotators: dict[str, Rotator] = {own: default_rotator}
+    own_rotator = pool.get(RoleKey(own))
+    assert own_rotator is not None, "the server's own role is pooled first"
+    rotators: dict[str, Rotator] = {own: own_rotator}
     trees: dict[str, Directory] = {own: default_tree}
     for role in role_map.roles():
         if role in rotators:
             continue
-        rotator = make_rotator(config_for_role(config, role))
         try:
-            await rotator.prime()
+            rotator = await pool.ensure(RoleKey(role))
         except SourceError as exc:
             raise StartupError(f"role map: could not get the first credentials for role "
                                f"{role}: {exc}") from exc

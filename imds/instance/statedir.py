@@ -23,10 +23,10 @@ import fcntl
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from imds.errors import ConfigError
+from imds.errors import ConfigError, StartupError
 
 LOCK_FILE = "lock"
 # Filesystems that cannot lock (some network and container volume mounts): every write is
@@ -215,3 +215,23 @@ def held(path: Path) -> bool | None:
         return False
     finally:
         os.close(fd)
+
+
+def kept_text(state_dir: str | Path, name: str, make: Callable[[], str],
+              mode: int = 0o600) -> str:
+    """
+    The text kept in `<state_dir>/name`, made by `make` and saved (mode `mode`) on first use,
+    under the directory's lock so that servers starting at once agree on one value.
+    Raises StartupError when it cannot be read or written, or is empty.
+    """
+    path = Path(state_dir) / name
+    try:
+        with locked(state_dir):
+            if not path.exists():
+                write_once(path, make().encode("utf-8"), mode)
+            text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"{str(path)!r}: {exc}") from exc
+    if not text:
+        raise StartupError(f"{str(path)!r} is empty; delete it to get a new one")
+    return text

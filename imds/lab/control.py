@@ -44,8 +44,10 @@ from aiohttp import web
 from aiohttp.http import HttpProcessingError
 
 from imds.config import Config
+from imds.config import containers as container_settings
 from imds.config.options import LIFETIME_RANGE, REFRESH_AHEAD_RANGE
-from imds.errors import FaultError, LabError, StartupError
+from imds.containers.ecs import EcsEndpoint
+from imds.errors import FaultError, LabError, SourceError, StartupError
 from imds.http import aioserver as httpd
 from imds.http.listen import bind_error
 from imds.instance.statedir import locked, replace_file, write_once
@@ -60,6 +62,7 @@ log = logging.getLogger("imds.control")
 LAB = web.AppKey("lab", Lab)
 TOKEN = web.AppKey("token", str)
 PAGE = web.AppKey("page", bytes)
+ECS = web.AppKey("ecs", EcsEndpoint)
 # Refused calls and unparseable requests: anyone who can reach the port can send them.
 REFUSALS = web.AppKey("refusals", Throttle)
 
@@ -290,6 +293,44 @@ async def _clear_fault(request: web.Request) -> web.Response:
     return _json(fault.describe())
 
 
+def _ecs(request: web.Request) -> EcsEndpoint:
+    ecs = request.app.get(ECS)
+    if ecs is None:
+        raise LabError("this server serves no ECS task credentials", 404)
+    return ecs
+
+
+async def _tasks(request: web.Request) -> web.Response:
+    return _json(_ecs(request).roles())
+
+
+async def _assign_task(request: web.Request) -> web.Response:
+    """Serve a role as an ECS task id, as --ecs-task does at startup."""
+    ecs = _ecs(request)
+    task = request.match_info["id"]
+    role = _role(await _body(request))
+    try:
+        checked = container_settings.ecs_task(f"{task}={role or ''}")
+    except ValueError as exc:
+        raise LabError(str(exc)) from None
+    task, _, role = checked.partition("=")
+    try:
+        await ecs.assign(task, role)
+    except SourceError as exc:
+        raise LabError(f"could not get the first credentials for role {role}: {exc}",
+                       503) from exc
+    log.info("control: ECS task %s serves role %s", printable(task), role)
+    return _json({"task": task, "role": role}, 201)
+
+
+async def _remove_task(request: web.Request) -> web.Response:
+    task = request.match_info["id"]
+    if not _ecs(request).remove(task):
+        raise LabError(f"no ECS task {task!r}", 404)
+    log.info("control: ECS task %s removed", printable(task))
+    return _json({"task": task})
+
+
 async def _metrics(request: web.Request) -> web.Response:
     response = web.Response(body=metrics.render(request.app[LAB]))
     response.headers["Content-Type"] = metrics.CONTENT_TYPE
@@ -318,10 +359,12 @@ class _ProtocolLog(logging.LoggerAdapter[logging.Logger]):
         super().log(level, msg, *args, **kwargs)
 
 
-def make_control_app(lab: Lab, token: str) -> web.Application:
+def make_control_app(lab: Lab, token: str, ecs: EcsEndpoint | None = None) -> web.Application:
     app = web.Application(middlewares=[_auth])
     app[LAB] = lab
     app[TOKEN] = token
+    if ecs is not None:
+        app[ECS] = ecs
     refusals = app[REFUSALS] = Throttle(log, "refused control requests")
 
     async def close_refusals(_: web.Application) -> None:
@@ -340,6 +383,9 @@ def make_control_app(lab: Lab, token: str) -> web.Application:
     app.router.add_post("/api/faults", _add_fault)
     app.router.add_delete("/api/faults", _clear_faults)
     app.router.add_delete("/api/faults/{id}", _clear_fault)
+    app.router.add_get("/api/ecs/tasks", _tasks)
+    app.router.add_put("/api/ecs/tasks/{id}", _assign_task)
+    app.router.add_delete("/api/ecs/tasks/{id}", _remove_task)
     app.router.add_get("/metrics", _metrics)
     return app
 
@@ -357,7 +403,8 @@ class Control:
 
 
 async def start_control(config: Config, lab: Lab, token: str, *,
-                        max_connections: int = CONTROL_LIMITS.max_connections) -> Control:
+                        max_connections: int = CONTROL_LIMITS.max_connections,
+                        ecs: EcsEndpoint | None = None) -> Control:
     """
     Bind the control listener; a busy port is a startup error, like the metadata one.
     `max_connections` is what the open-file limit leaves it (imds.http.descriptors.share).
@@ -365,7 +412,7 @@ async def start_control(config: Config, lab: Lab, token: str, *,
     # Polled every second by the timeline page: no access log (it would drown the rest).
     # aiohttp's own answers (ec2=False): this is a JSON API, not EC2's. Malformed requests
     # are logged through the refusal throttle; a stop waits GRACE at most.
-    app = make_control_app(lab, token)
+    app = make_control_app(lab, token, ecs)
     runner = httpd.Runner(app, CONTROL_LIMITS, ec2=False, max_connections=max_connections,
                           access_log=None, logger=_ProtocolLog(app[REFUSALS]),
                           shutdown_timeout=GRACE)

@@ -50,6 +50,10 @@ class Server:
     started: float
     # Started with its own --control-token: the state directory's does not open its API.
     own_token: bool = False
+    # The id its own role is served under at /v2/credentials/<id> (imds env ecs), and
+    # whether it was given its own --container-token (else the state directory's).
+    ecs_task: str = ""
+    own_container_token: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "urls": list(self.urls)}
@@ -60,13 +64,16 @@ class Server:
         try:
             server = cls(pid=data["pid"], control_url=data["control_url"],
                          urls=tuple(data["urls"]), role=data["role"], source=data["source"],
-                         started=data["started"], own_token=data.get("own_token", False))
+                         started=data["started"], own_token=data.get("own_token", False),
+                         ecs_task=data.get("ecs_task", ""),
+                         own_container_token=data.get("own_container_token", False))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a server entry: {exc}") from None
         if not (isinstance(server.pid, int) and isinstance(server.control_url, str)
                 and all(isinstance(url, str) for url in server.urls)
                 and isinstance(server.role, str) and isinstance(server.source, str)
-                and isinstance(server.started, int | float)):
+                and isinstance(server.started, int | float)
+                and isinstance(server.ecs_task, str)):
             raise ValueError("not a server entry: a field of the wrong type")
         return server
 

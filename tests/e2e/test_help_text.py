@@ -157,6 +157,32 @@ class TestCtlHelp:
         assert "--role-map" in entry(text, "--role")[2]
 
 
+class TestClientCommandsHelp:
+    @pytest.mark.parametrize("command", ["env", "exec", "pod-token"])
+    def test_every_argument_has_help_and_says_its_default(
+        self, help_of: HelpOf, command: str
+    ) -> None:
+        """Options that take a value say what it is when not given; flags say what they do."""
+        text = help_of(command)
+        for heading, entries in sections(text).items():
+            if heading == "usage":
+                continue
+            for invocation, help_text in entries.items():
+                assert help_text, f"{command}: {invocation}"
+                if re.match(r"--[a-z-]+ ", invocation):  # an option that takes a value
+                    assert "(default: " in help_text, f"{command}: {invocation}"
+
+    def test_exec_says_it_clears_the_other_flows_variables(self, help_of: HelpOf) -> None:
+        text = " ".join(help_of("exec").split())
+        assert "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI" in text
+        assert "are removed from its environment" in text
+
+    def test_the_commands_are_listed_with_a_line_each(self, help_of: HelpOf) -> None:
+        text = help_of()
+        for command in ("env", "exec", "pod-token"):
+            assert re.search(rf"^    {command}  +\S", text, re.MULTILINE), command
+
+
 @pytest.mark.e2e
 class TestHelpAsAUserRunsIt:
     def test_serve_help_shows_groups_defaults_and_choices(self, empty_home: Path) -> None:

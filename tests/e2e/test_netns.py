@@ -51,7 +51,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[netns.Lab]:
     with netns.lab() as made:
         inst, router = made.add("instance"), made.add("router")
         # The metadata addresses are the instance's own, on its loopback.
-        netns.address(inst, "lo", "169.254.169.254/32", "fd00:ec2::254/128")
+        # With the container credential endpoints' too: ECS's and EKS Pod Identity's [K-01]
+        # [K-06].
+        netns.address(inst, "lo", "169.254.169.254/32", "fd00:ec2::254/128",
+                      "169.254.170.2/32", "169.254.170.23/32", "fd00:ec2::23/128")
         inst.ip("link", "add", "br0", "type", "bridge")
         inst.ip("link", "set", "br0", "up")
         netns.address(inst, "br0", "10.89.0.1/24", "fd89::1/64")
@@ -271,3 +274,95 @@ def test_nothing_is_left_behind_in_the_host_namespace() -> None:
         pytest.skip("needs root to read every namespace")
     listing = Path("/proc/net/fib_trie").read_text()
     assert "169.254.169.254" not in listing
+
+
+ECS_ROLE, POD_ROLE = "ecs-task-role", "pod-role"
+
+
+@pytest.fixture(scope="class")
+def containers_server(lab: netns.Lab, tmp_path_factory: pytest.TempPathFactory
+                      ) -> Iterator[tuple[Server, Path]]:
+    """The server also at ECS's and the Pod Identity agent's addresses, as a node runs them."""
+    state = tmp_path_factory.mktemp("netns-state")
+    with imds_in_instance(lab, "--state-dir", str(state),
+                          "--listen", "169.254.170.2:80", "--listen", "169.254.170.23:80",
+                          "--listen", "[fd00:ec2::23]:80",
+                          "--ecs-task", f"app={ECS_ROLE}",
+                          "--pod-identity-association", f"default/app={POD_ROLE}") as server:
+        yield server, state
+
+
+def container_key(lab: netns.Lab, url: str, **headers: str) -> str:
+    """The AccessKeyId an endpoint serves, read with the standard library in the instance."""
+    code = ("import json, sys, urllib.request; r = urllib.request.Request(sys.argv[1], "
+            "headers=json.loads(sys.argv[2])); "
+            "print(json.load(urllib.request.urlopen(r, timeout=5))['AccessKeyId'])")
+    result = lab["instance"].run([sys.executable, "-c", code, url, json.dumps(headers)],
+                                 env=env_for(lab), timeout=30)
+    assert 0 == result.returncode, result.stderr
+    return result.stdout.strip()
+
+
+def token_file(state: Path, home: Path) -> str:
+    from imds.containers.satoken import load_or_create_key, mint
+
+    path = home / "eks-pod-identity-token"
+    path.write_text(mint(load_or_create_key(state), namespace="default", service_account="app",
+                         pod_name="app-0"))
+    return str(path)
+
+
+class TestContainerEndpoints:
+    def test_boto3_with_only_the_relative_uri_gets_the_task_role(
+        self, lab: netns.Lab, containers_server: tuple[Server, Path]
+    ) -> None:
+        """[K-01] ECS's own flow: http://169.254.170.2 + the relative URI, no token."""
+        seen = probe(lab, "ctr-a", "boto3",
+                     AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="/v2/credentials/app")
+        assert "container-role" == seen["method"]
+        assert container_key(lab, "http://169.254.170.2/v2/credentials/app") \
+            == seen["access_key"]
+
+    def test_boto3_gets_pod_identity_over_ipv6_with_a_token_file(
+        self, lab: netns.Lab, containers_server: tuple[Server, Path]
+    ) -> None:
+        """[K-06] the agent's IPv6 address, as EKS sets it for IPv6 clusters."""
+        _, state = containers_server
+        tokens = token_file(state, lab.home)
+        seen = probe(lab, "ctr-a", "boto3",
+                     AWS_CONTAINER_CREDENTIALS_FULL_URI="http://[fd00:ec2::23]/v1/credentials",
+                     AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=tokens)
+        assert "container-role" == seen["method"]
+        expected = container_key(lab, "http://169.254.170.23/v1/credentials",
+                                 Authorization=Path(tokens).read_text())
+        assert expected == seen["access_key"]
+
+    def test_the_relative_uri_wins_over_the_full_uri_and_both_over_imds(
+        self, lab: netns.Lab, containers_server: tuple[Server, Path]
+    ) -> None:
+        """[K-01] [E-09] the SDK's own order, with every variable set at once."""
+        _, state = containers_server
+        seen = probe(lab, "ctr-a", "boto3",
+                     AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="/v2/credentials/app",
+                     AWS_CONTAINER_CREDENTIALS_FULL_URI="http://169.254.170.23/v1/credentials",
+                     AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=token_file(state, lab.home),
+                     AWS_EC2_METADATA_SERVICE_ENDPOINT="http://169.254.169.254")
+        assert "container-role" == seen["method"]
+        assert container_key(lab, "http://169.254.170.2/v2/credentials/app") \
+            == seen["access_key"]
+        assert served_key(lab) != seen["access_key"]
+
+    def test_pod_identity_refuses_a_pod_that_calls_it_by_another_address(
+        self, lab: netns.Lab, containers_server: tuple[Server, Path]
+    ) -> None:
+        """[K-08] a Host that is not the agent's: a proxy or a name pointed at the node."""
+        _, state = containers_server
+        code = ("import sys, urllib.request, urllib.error; r = urllib.request.Request("
+                "sys.argv[1], headers={'Authorization': open(sys.argv[2]).read(), "
+                "'Host': '10.89.0.1'})\n"
+                "try: urllib.request.urlopen(r, timeout=5); print(200)\n"
+                "except urllib.error.HTTPError as e: print(e.code, e.read().decode().strip())")
+        result = lab["ctr-a"].run([sys.executable, "-c", code,
+                                   "http://169.254.170.23/v1/credentials",
+                                   token_file(state, lab.home)], env=env_for(lab), timeout=30)
+        assert "403 Called agent through invalid address" == result.stdout.strip(), result.stderr

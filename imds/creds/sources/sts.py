@@ -242,6 +242,8 @@ class AssumeRoleSource:
                 request["PolicyArns"] = [{"arn": arn} for arn in s.policy_arns]
             if s.tags:
                 request["Tags"] = [{"Key": key, "Value": value} for key, value in s.tags]
+            if s.transitive_tag_keys:
+                request["TransitiveTagKeys"] = list(s.transitive_tag_keys)
         return request
 
     def _credentials(self, response: Mapping[str, Any]) -> Credentials:

@@ -27,6 +27,7 @@ class AssumeRoleSettings:
     policy: str = ""
     policy_arns: tuple[str, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
+    transitive_tag_keys: tuple[str, ...] = ()
     source_identity: str = ""
     profile: str = ""
     region: str = "us-east-1"
@@ -47,6 +48,7 @@ class AssumeRoleSettings:
             policy=policy,
             policy_arns=config.policy_arn,
             tags=sts.parse_tags(config.session_tag),
+            transitive_tag_keys=config.transitive_tag_keys,
             source_identity=config.source_identity,
             profile=config.profile,
             region=config.region,

@@ -1,0 +1,4 @@
+"""
+Container credential endpoints: ECS task roles and EKS Pod Identity
+(docs/container-credentials.md).
+"""
