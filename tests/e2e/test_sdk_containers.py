@@ -11,9 +11,9 @@ process with no AWS configuration but the container variables [E-09]:
 through boto3 (method `container-role`), the AWS CLI and the AWS SDK for JavaScript v3's
 default chains. One rotation per role serves every endpoint, so the keys a client gets are
 the ones the IMDS document of that role shows. Then: a long-lived boto3 session follows
-rotations on each endpoint; the container provider wins over IMDS, and ECS's relative URI
-over the full URI (inside a network namespace, where 169.254.170.2 can be imds's); and what
-the SDKs make of bad tokens.
+rotations on each endpoint; the container provider wins over IMDS; and what the SDKs make of
+bad tokens. ECS's relative URI, at 169.254.170.2, needs a network namespace: its tests
+(and its precedence over the full URI, K-01) are in tests/e2e/test_netns.py.
 
 IMDS is turned off (`AWS_EC2_METADATA_DISABLED`) wherever the test is not about precedence:
 a failing container provider cannot hide behind IMDS, and no client here tries
@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from imds.containers import satoken
-from tests.support import netns
 from tests.support.metadata_client import served_document
 from tests.support.processes import ROOT, clean_env, run, run_imds
 from tests.support.rawhttp import untouched_listener
@@ -51,7 +49,6 @@ JS_CHAIN = str(ROOT / "tests" / "js" / "default_chain.mjs")
 AWS = str(Path(sys.executable).parent / "aws")
 
 FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
-RELATIVE_URI = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
 TOKEN_VAR = "AWS_CONTAINER_AUTHORIZATION_TOKEN"
 TOKEN_FILE = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
 NO_IMDS = {"AWS_EC2_METADATA_DISABLED": "true"}
@@ -74,12 +71,12 @@ class Server:
 
 
 @contextmanager
-def container_server(folder: Path, *args: str, wrap: Sequence[str] = ()) -> Iterator[Server]:
+def container_server(folder: Path, *args: str) -> Iterator[Server]:
     """`imds serve` with a state directory in `folder` and a known container token."""
     state = folder / "state"
     state.mkdir(mode=0o700)
     with run_imds("--state-dir", str(state), "--container-token", ECS_TOKEN, *args,
-                  env=clean_env(folder / "server-home"), wrap=wrap) as imds:
+                  env=clean_env(folder / "server-home")) as imds:
         yield Server(imds.url, state, (state / "ecs-task-id").read_text().strip())
 
 
@@ -134,10 +131,9 @@ def container_vars(server: Server, flow: str, carrier: str, folder: Path, *,
     return {FULL_URI: uri, TOKEN_FILE: str(path)}
 
 
-def boto3_probe(env: dict[str, str], argv: Sequence[str] = ()) -> dict[str, object]:
-    """boto3's default chain in a process (prefixed with `argv`, e.g. `ip netns exec`)."""
-    result = subprocess.run([*argv, sys.executable, PROBE, "boto3"], env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
+def boto3_probe(env: dict[str, str]) -> dict[str, object]:
+    """boto3's default chain in a process: {"method", "access_key"} or the error."""
+    result = run([sys.executable, PROBE, "boto3"], env)
     assert 0 == result.returncode, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
@@ -255,71 +251,6 @@ class TestContainerProviderComesBeforeImds:
         result = run([node, JS_CHAIN], both)
         assert 0 == result.returncode, result.stderr
         assert task_key == json.loads(result.stdout)["accessKeyId"]
-
-
-@dataclass(frozen=True)
-class TaskNamespace:
-    """imds at 169.254.170.2:80 and 127.0.0.1:8080 inside a private namespace."""
-
-    argv: list[str]
-    relative: dict[str, str]
-    full: dict[str, str]
-    home: Path
-
-
-@pytest.fixture(scope="module")
-def task_namespace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskNamespace]:
-    reason = netns.unavailable()
-    if reason:
-        pytest.skip(reason)
-    netns.sweep_stale()
-    folder = tmp_path_factory.mktemp("task-namespace")
-    with netns.lab() as lab:
-        task = lab.add("task")
-        netns.address(task, "lo", "169.254.170.2/32")
-        with container_server(folder, "--listen", "169.254.170.2:80",
-                              "--listen", "127.0.0.1:8080",
-                              "--ecs-task", f"{OTHER_TASK}={OTHER_ROLE}",
-                              wrap=task.argv([])) as server:
-            yield TaskNamespace(
-                task.argv([]),
-                relative={RELATIVE_URI: f"/v2/credentials/{OTHER_TASK}"},
-                full={FULL_URI: f"http://127.0.0.1:8080/v2/credentials/{server.task}",
-                      TOKEN_VAR: ECS_TOKEN},
-                home=folder / "client-home")
-
-
-class TestRelativeUriComesBeforeFullUri:
-    """
-    [K-01] With both URIs set the relative one wins. The full URI names the server's own
-    role, the relative one OTHER_ROLE: the key tells which was used.
-    """
-
-    def test_boto3(self, task_namespace: TaskNamespace) -> None:
-        ns = task_namespace
-
-        def key(**variables: str) -> object:
-            answer = boto3_probe(clean_env(ns.home, **NO_IMDS, **variables), ns.argv)
-            assert "container-role" == answer["method"], answer
-            return answer["access_key"]
-
-        by_relative, by_full = key(**ns.relative), key(**ns.full)
-        assert by_relative != by_full
-        assert by_relative == key(**ns.relative, **ns.full)
-
-    def test_js_default_chain(self, task_namespace: TaskNamespace, node: str) -> None:
-        ns = task_namespace
-
-        def key(**variables: str) -> object:
-            result = subprocess.run([*ns.argv, node, JS_CHAIN],
-                                    env=clean_env(ns.home, **NO_IMDS, **variables),
-                                    capture_output=True, text=True, timeout=60, check=False)
-            assert 0 == result.returncode, result.stderr
-            return json.loads(result.stdout)["accessKeyId"]
-
-        by_relative, by_full = key(**ns.relative), key(**ns.full)
-        assert by_relative != by_full
-        assert by_relative == key(**ns.relative, **ns.full)
 
 
 def wrong_token(server: Server, flow: str) -> str:

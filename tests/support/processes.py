@@ -52,19 +52,18 @@ WITHOUT_UVLOOP = ("-c", "import sys; sys.modules['uvloop'] = None; "
 @contextmanager
 def run_imds(*args: str, env: Mapping[str, str], timeout: float = 20,
              launch: Sequence[str] = ("-m", "imds"), open_files: int | None = None,
-             wrap: Sequence[str] = ()) -> Iterator[ImdsProcess]:
+             ) -> Iterator[ImdsProcess]:
     """
     Start `python -m imds serve --port 0 ARGS` and yield once it prints where it listens.
     `launch` replaces `-m imds` (e.g. `WITHOUT_UVLOOP`); `open_files` is the server's
-    RLIMIT_NOFILE, soft and hard, as `ulimit -n` sets it; `wrap` goes before the command
-    (e.g. `netns.Namespace.argv([])`: `ip netns exec NS`, which execs, so the pid is imds's).
+    RLIMIT_NOFILE, soft and hard, as `ulimit -n` sets it.
     """
     limit = None
     if open_files is not None:
         limit = functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE,
                                   (open_files, open_files))
     process = subprocess.Popen(
-        [*wrap, sys.executable, *launch, "serve", "--port", "0", *args],
+        [sys.executable, *launch, "serve", "--port", "0", *args],
         env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         preexec_fn=limit,
     )
