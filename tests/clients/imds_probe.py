@@ -2,8 +2,10 @@
 A client run inside a test's network namespace or container; prints one JSON object.
 
     imds_probe.py boto3
-        The real default credential chain, no endpoint variable: what an application with
-        no AWS configuration gets. {"method": "iam-role", "access_key": "ASIA..."}.
+        The real default credential chain, with the AWS variables the environment has
+        (none: what an application with no AWS configuration gets):
+        {"method": "iam-role", "access_key": "ASIA..."}; when the chain fails, no keys
+        and the error: {"method": null, "access_key": null, "error": "Type: message"}.
     imds_probe.py raw --base http://169.254.169.254 [--token T] [--timeout S]
         The IMDSv2 sequence by hand (stdlib only): token PUT, role listing, credentials,
         reporting each status, and a token PUT that connects but gets no answer as
@@ -25,7 +27,10 @@ TOKEN = "x-aws-ec2-metadata-token"
 def boto3_credentials() -> dict[str, object]:
     import boto3
 
-    credentials = boto3.Session().get_credentials()
+    try:
+        credentials = boto3.Session().get_credentials()
+    except Exception as exc:  # what the application would see, reported for the test
+        return {"method": None, "access_key": None, "error": f"{type(exc).__name__}: {exc}"}
     if credentials is None:
         return {"method": None, "access_key": None}
     return {"method": credentials.method, "access_key": credentials.access_key}

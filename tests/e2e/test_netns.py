@@ -36,6 +36,7 @@ from tests.support.processes import ROOT, clean_env
 pytestmark = pytest.mark.netns
 
 PROBE = str(ROOT / "tests" / "clients" / "imds_probe.py")
+JS_CHAIN = ROOT / "tests" / "js" / "default_chain.mjs"
 IMDS_V4 = "http://169.254.169.254"
 IMDS_V6 = "http://[fd00:ec2::254]"
 A, B, FAR = "10.89.0.2", "10.89.0.3", "10.89.2.2"
@@ -351,6 +352,21 @@ class TestContainerEndpoints:
         assert container_key(lab, "http://169.254.170.2/v2/credentials/app") \
             == seen["access_key"]
         assert served_key(lab) != seen["access_key"]
+
+    def test_js_default_chain_takes_the_relative_uri_over_the_full_uri_and_imds(
+        self, lab: netns.Lab, containers_server: tuple[Server, Path], node_modules: Path
+    ) -> None:
+        """[K-01] [E-09] the same with the AWS SDK for JavaScript v3's default chain."""
+        _, state = containers_server
+        env = env_for(lab, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI="/v2/credentials/app",
+                      AWS_CONTAINER_CREDENTIALS_FULL_URI="http://169.254.170.23/v1/credentials",
+                      AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=token_file(state, lab.home),
+                      AWS_EC2_METADATA_SERVICE_ENDPOINT="http://169.254.169.254")
+        result = lab["ctr-a"].run(["node", str(JS_CHAIN)], env=env, timeout=60)
+        assert 0 == result.returncode, result.stderr
+        seen = json.loads(result.stdout)["accessKeyId"]
+        assert container_key(lab, "http://169.254.170.2/v2/credentials/app") == seen
+        assert served_key(lab) != seen
 
     def test_pod_identity_refuses_a_pod_that_calls_it_by_another_address(
         self, lab: netns.Lab, containers_server: tuple[Server, Path]

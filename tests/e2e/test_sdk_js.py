@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
-from urllib.request import Request, urlopen
 
 import pytest
 
+from tests.support.metadata_client import served_document
 from tests.support.processes import ROOT, clean_env, run, run_imds
 
 JS = ROOT / "tests" / "js"
-
-
-@pytest.fixture(scope="module")
-def node_modules() -> Path:
-    """Install the pinned SDK packages once (npm registry), or skip saying why."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.skip("node and npm are needed for the JavaScript SDK check")
-    if not (JS / "node_modules" / "@aws-sdk" / "credential-providers").is_dir():
-        result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS,
-                                capture_output=True, text=True, timeout=300, check=False)
-        if result.returncode != 0:
-            pytest.skip(f"npm ci failed, JavaScript SDK unavailable: {result.stderr[-500:]}")
-    return JS / "node_modules"
 
 
 @pytest.mark.e2e
@@ -50,16 +35,3 @@ def test_js_default_chain_gets_the_served_keys_and_signs_a_call(
     assert served["AccessKeyId"] == answer["accessKeyId"]
     assert served["Expiration"].replace("Z", ".000Z") == answer["expiration"]
     assert answer["account"]
-
-
-def served_document(url: str) -> dict[str, str]:
-    """What imds serves right now, read the way any IMDSv2 client reads it."""
-    ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}
-    with urlopen(Request(url + "/latest/api/token", method="PUT", headers=ttl)) as r:
-        token = r.read().decode()
-    base = url + "/latest/meta-data/iam/security-credentials/"
-    headers = {"X-aws-ec2-metadata-token": token}
-    with urlopen(Request(base, headers=headers)) as r:
-        role = r.read().decode()
-    with urlopen(Request(base + role, headers=headers)) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]

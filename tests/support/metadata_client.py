@@ -1,8 +1,11 @@
-"""A small IMDSv2 client over aiohttp for the instance and identity tests."""
+"""A small IMDSv2 client over aiohttp for the instance and identity tests, and a blocking
+reader of the served credentials for the SDK tests."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from urllib.request import Request, urlopen
 
 import aiohttp
 
@@ -49,3 +52,16 @@ class MetadataClient:
 
     async def listing(self, path: str) -> list[str]:
         return (await self.text(path)).split("\n")
+
+
+def served_document(url: str) -> dict[str, str]:
+    """What imds serves right now, read the way any IMDSv2 client reads it."""
+    ttl = {TTL_HEADER: "60"}
+    with urlopen(Request(url + "/latest/api/token", method="PUT", headers=ttl)) as r:
+        token = r.read().decode()
+    base = url + "/latest/meta-data/iam/security-credentials/"
+    headers = {TOKEN_HEADER: token}
+    with urlopen(Request(base, headers=headers)) as r:
+        role = r.read().decode()
+    with urlopen(Request(base + role, headers=headers)) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
