@@ -603,19 +603,35 @@ EDGY = st.sampled_from([b"\r", b"\n", b"\r\n", b"\t", b" ", b"\x00", b":", b"/",
                         b"?", b"#", b"\x7f", b"\xe9", b"a", b"-", b"\r\n\r\n", b"\r\n "])
 
 
+# The container endpoints' targets, Hosts and Authorization values (`{...}`: Case.filled).
+# `%77eb` is TASK spelt so that aiohttp decodes it and the fast path hands it over.
+CONTAINER_TARGETS = ["/v2/credentials/{task}", f"/v2/credentials/{TASK}",
+                     "/v2/credentials/nope", "/v2/credentials/", "/v1/credentials",
+                     "/v1/credentials?id={task}", "/v1/credentials?id=", "/v2/credentials/%77eb"]
+HOSTS = st.sampled_from([HOST] * 4 + [
+    "Host: 169.254.170.2", POD_HOST, "Host: [fd00:ec2::23]", "Host: 127.0.0.1:{port}",
+    "Host: localhost:{port}", "Host: 10.1.2.3", "Host: evil.example"])
+AUTHORIZATIONS = st.one_of(
+    st.sampled_from(["{ecs}", "{pod}", "{pod-expired}", "{ecs}x", "Bearer {ecs}", "",
+                     "not.a-jwt"]),
+    HEADER_VALUES)
+
+
 @st.composite
 def built(draw: st.DrawFn) -> Case:
     """A request put together from parts, mostly well-formed."""
     method = draw(st.one_of(st.sampled_from(["GET", "PUT", "HEAD"]), METHODS))
     target = draw(st.one_of(st.sampled_from(
         [CREDENTIALS, "/latest/api/token", "/latest/meta-data/", "/latest/meta-data/ami-id"]),
-        PATHS))
+        st.sampled_from(CONTAINER_TARGETS), PATHS))
     version = draw(st.sampled_from(["HTTP/1.1"] * 4 + ["HTTP/1.0", "HTTP/2.0", "http/1.1"]))
     fields = []
     if draw(st.integers(0, 3)):
-        fields.append(HOST)
+        fields.append(draw(HOSTS))
     if draw(st.booleans()):
         fields.append(TOKEN)
+    if draw(st.booleans()):
+        fields.append("Authorization: " + draw(AUTHORIZATIONS))
     if method.upper() == "PUT" or draw(st.booleans()):
         ttl = draw(st.one_of(st.integers(-5, 30000).map(str), HEADER_VALUES))
         fields.append(f"{TTL}: {ttl}")
