@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import jwt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -438,8 +439,7 @@ def authorizations(server: Running, tmp_path_factory: pytest.TempPathFactory,
         return mint(key, namespace="default", service_account="app", pod_name="app-0",
                     **claims)  # type: ignore[arg-type]
 
-    import jwt  # the wrong audience needs claims mint does not write
-
+    # Signed by the right key, for another audience: mint writes only EKS's.
     wrong_audience = jwt.encode(
         {"aud": ["sts.amazonaws.com"], "exp": int(now) + 3600, "iat": int(now),
          "nbf": int(now), "kubernetes.io": {"namespace": "default",
@@ -473,10 +473,11 @@ def host_part(host: str) -> tuple[str, bool]:
         c.isdigit() for c in name)
 
 
-def expected_status(method: str, target: Target, host: str | None, auth: str | None) -> int:
+def expected_status(method: str, target: Target, host: str | None, auth: str | None,
+                    tasks: frozenset[str]) -> int:
     """
-    The agents' answer [K-05] [K-08] (and EC2's Host check [N-03]), written from the
-    interface, independently of imds.containers.
+    The agents' answer [K-05] [K-08] (and EC2's Host check [N-03]) with `tasks` the known
+    task ids, written from the interface, independently of imds.containers.
     """
     if host is None:
         return 400  # RFC 9112 §3.2: HTTP/1.1 without Host
@@ -492,7 +493,7 @@ def expected_status(method: str, target: Target, host: str | None, auth: str | N
                 return 401
             if auth != "container":
                 return 403
-        return 200 if target.task in ("{default}", TASK) else 400
+        return 200 if target.task in tasks else 400
     if name not in POD_HOSTS:
         return 403
     return 200 if auth == "pod" else 400
@@ -514,8 +515,8 @@ class TestContainerEndpoints:
         raw = container_request(method, target.target, host, authorizations[auth], port)
         answer = exchange(port, raw)
         assert answer is not None
-        task = "{default}" if target.task == server.ecs_task else target.task
-        want = expected_status(method, Target(target.target, target.route, task), host, auth)
+        want = expected_status(method, target, host, auth,
+                               frozenset({server.ecs_task, TASK}))
         assert want == answer.status, raw
         assert "EC2ws" == answer.headers.get("server")
         if method == "HEAD":
