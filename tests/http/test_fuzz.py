@@ -519,7 +519,8 @@ class TestContainerEndpoints:
                                frozenset({server.ecs_task, TASK}))
         assert want == answer.status, raw
         assert "EC2ws" == answer.headers.get("server")
-        if method == "HEAD":
+        if method == "HEAD" and host is not None:
+            # (Without Host the parser's 400 page answers, before any handler.)
             assert b"" == answer.body
         elif want == 200:
             document = json.loads(answer.body)
