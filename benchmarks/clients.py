@@ -55,6 +55,39 @@ def sdk_sequence(url: str) -> tuple[str, str, bytes]:
     return token.decode(), role.decode(), document
 
 
+# ------------------------------------------------------------------ container endpoints
+
+
+def ecs_task_id(state_dir: Path) -> str:
+    """The default ECS task id imds keeps in its state directory (its own role's)."""
+    return (state_dir / "ecs-task-id").read_text().strip()
+
+
+@dataclass(frozen=True)
+class PodIdentity:
+    """A pod's request to the EKS Pod Identity endpoint: its path and its token."""
+
+    path: str
+    token: str
+
+    @classmethod
+    def of(cls, state_dir: Path) -> PodIdentity:
+        """A service account token signed with the key imds keeps in `state_dir`."""
+        from imds.containers.satoken import load_or_create_key, mint
+
+        key = load_or_create_key(str(state_dir))
+        return cls("/v1/credentials", mint(key, namespace="bench", service_account="app",
+                                           pod_name="app-0"))
+
+
+def container_document(url: str, path: str, authorization: str) -> bytes:
+    """The credential document a container endpoint serves, as nginx will serve it."""
+    status, document = fetch(url, "GET", path, {"Authorization": authorization})
+    if status != 200:
+        raise RuntimeError(f"{path} answered {status}: {document!r}")
+    return document
+
+
 # ------------------------------------------------------------------ wrk
 
 

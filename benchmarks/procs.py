@@ -184,6 +184,13 @@ location = /latest/api/token {{
 location = /latest/meta-data/iam/security-credentials/ {{
   try_files /role-list =404;
 }}
+# The container credential documents (issue 14): JSON, as imds sends them.
+location ^~ /v1/ {{
+  default_type application/json;
+}}
+location ^~ /v2/ {{
+  default_type application/json;
+}}
 """
 
 
@@ -200,13 +207,20 @@ class Nginx:
 
 @contextmanager
 def run_nginx(work: Path, *, token: str, role: str, role_list: bytes,
-              document: bytes) -> Iterator[Nginx]:
-    """nginx serving the same bytes as static files: one port keep-alive, one closing."""
+              document: bytes, static: dict[str, bytes] | None = None) -> Iterator[Nginx]:
+    """
+    nginx serving the same bytes as static files: one port keep-alive, one closing.
+    `static` adds files by URL path (the container endpoints' documents).
+    """
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     www = work / "www"
     creds = www / "latest" / "meta-data" / "iam" / "security-credentials"
     creds.mkdir(parents=True)
     (creds / role).write_bytes(document)
+    for path, body in (static or {}).items():
+        file = www / path.lstrip("/")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(body)
     (www / "role-list").write_bytes(role_list)
     (work / "nginx-tmp").mkdir()
     keepalive_port, close_port = free_port(), free_port()

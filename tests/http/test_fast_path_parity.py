@@ -7,9 +7,11 @@ A default server and a `--fast-path false` one are sent the same raw requests ov
 sockets, and what comes back must be the same: status line, headers, body, and whether
 the server ends the connection or leaves it open. The corpus is a table of SDK-like
 requests crossed with the ways a request can be odd, a few raw oddities, and requests
-hypothesis builds or mutates. It goes to two pairs of servers: the default (EC2 closes
-every connection [N-04]) and one keeping connections alive (answers without
-`Connection: close`, hand-overs between requests, pipelining).
+hypothesis builds or mutates. The table has the container credential requests too (ECS's
+full-URI and relative flows, Pod Identity [K-01] [K-02] [K-06]), with right, wrong,
+missing, expired and garbage tokens and the Hosts they come with. It goes to two pairs of
+servers: the default (EC2 closes every connection [N-04]) and one keeping connections alive
+(answers without `Connection: close`, hand-overs between requests, pipelining).
 
 Both servers of a pair run on one frozen clock, so what the clock decides (the remaining
 TTL a token-bearing answer carries [A-07], credential timestamps) is the same on both;
@@ -33,6 +35,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from imds.containers.satoken import load_or_create_key, mint
 from imds.server import Running, ServerThread
 from tests.conftest import make_config
 from tests.http.test_fuzz import HEADER_NAMES, HEADER_VALUES, METHODS, PATHS
@@ -42,6 +45,11 @@ CREDENTIALS = f"/latest/meta-data/iam/security-credentials/{ROLE}"
 HOST = "Host: 169.254.169.254"
 TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN = "X-aws-ec2-metadata-token: {token}"
+# The container endpoints' [K-02]: the servers' full-URI token, a task besides the default
+# one (`{task}`, the server's own role), and Pod Identity's Host.
+CONTAINER_TOKEN = "parity-container-token-0123456789"
+TASK = "web"
+POD_HOST = "Host: 169.254.170.23"
 
 # Seconds without a byte after which a connection counts as left open: every answer
 # comes at once, so this only has to outlast a busy machine.
@@ -55,15 +63,23 @@ PAUSE = 0.05
 
 @dataclass(frozen=True)
 class Case:
-    """Raw bytes to send, in pieces a pause apart, and whether to half-close after."""
+    """
+    Raw bytes to send, in pieces a pause apart, and whether to half-close after. `{name}`
+    in them stands for a server's value (`Pair.values`): `{token}` an IMDS token of its
+    own, `{port}` its port, `{task}`, `{ecs}`, `{pod}`... the container endpoints'.
+    """
 
     id: str
     pieces: tuple[bytes, ...]
     half_close: bool = False
 
-    def with_token(self, token: str) -> Case:
-        return replace(self, pieces=tuple(p.replace(b"{token}", token.encode())
-                                          for p in self.pieces))
+    def filled(self, values: dict[str, str]) -> Case:
+        pieces = []
+        for piece in self.pieces:
+            for name, value in values.items():
+                piece = piece.replace(b"{%s}" % name.encode(), value.encode())
+            pieces.append(piece)
+        return replace(self, pieces=tuple(pieces))
 
 
 @dataclass(frozen=True)
@@ -84,8 +100,8 @@ Answers = dict[tuple[str, str], tuple[Seen, Seen]]
 class Pair:
     fast: Running
     aiohttp: Running
-    # A token of each server, by its URL.
-    tokens: dict[str, str] = field(default_factory=dict)
+    # What `{name}` stands for in a case sent to each server, by its URL (Case.filled).
+    values: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- the wire
@@ -131,6 +147,8 @@ _MASKS = [
     # A token [T-07] (imds.ec2.tokens: 56 characters, `AQAEA` first).
     (re.compile(rb"AQAEA[A-Za-z0-9_-]{49}=="), rb"(token)"),
     (re.compile(rb'"(AccessKeyId|SecretAccessKey|Token)" : "[^"]*"'), rb'"\1" : "(random)"'),
+    # The container endpoints' documents: compact JSON [K-04] [K-07].
+    (re.compile(rb'"(AccessKeyId|SecretAccessKey|Token)":"[^"]*"'), rb'"\1":"(random)"'),
 ]
 
 
@@ -146,7 +164,7 @@ async def both(pair: Pair, case: Case, limit: asyncio.Semaphore) -> tuple[Seen, 
     async def one(running: Running) -> Seen:
         async with limit:
             data, ending = await converse(port_of(running),
-                                          case.with_token(pair.tokens[running.url]))
+                                          case.filled(pair.values[running.url]))
         return Seen(mask(data), ending)
 
     fast, slow = await asyncio.gather(one(pair.fast), one(pair.aiohttp))
@@ -198,6 +216,32 @@ BASES: dict[str, list[str]] = {
     "unknown": ["GET /latest/meta-data/nothing-here HTTP/1.1", HOST, TOKEN],
     "post": ["POST /latest/meta-data/ HTTP/1.1", HOST, TOKEN],
     "delete": ["DELETE /latest/api/token HTTP/1.1", HOST],
+    # ECS task credentials: the full-URI flow (the token in Authorization, Host the
+    # loopback URI's) and the relative one (Host ECS's address, no token) [K-01] [K-02].
+    "ecs": ["GET /v2/credentials/{task} HTTP/1.1", "Host: 127.0.0.1:{port}",
+            "Authorization: {ecs}", "User-Agent: Botocore/1.43.67", "Accept: */*"],
+    "ecs-relative": [f"GET /v2/credentials/{TASK} HTTP/1.1", "Host: 169.254.170.2"],
+    "ecs-no-token": ["GET /v2/credentials/{task} HTTP/1.1", "Host: 127.0.0.1:{port}"],
+    "ecs-wrong-token": ["GET /v2/credentials/{task} HTTP/1.1", "Host: 127.0.0.1:{port}",
+                        "Authorization: {ecs}x"],
+    "ecs-unknown-id": ["GET /v2/credentials/no-such-task HTTP/1.1", "Host: 127.0.0.1:{port}",
+                       "Authorization: {ecs}"],
+    "ecs-no-id": ["GET /v2/credentials/ HTTP/1.1", "Host: 127.0.0.1:{port}",
+                  "Authorization: {ecs}"],
+    "ecs-v1": ["GET /v1/credentials?id={task} HTTP/1.1", "Host: 127.0.0.1:{port}",
+               "Authorization: {ecs}"],
+    # EKS Pod Identity: a service account JWT, at the agent's address or imds's own.
+    "pod": ["GET /v1/credentials HTTP/1.1", POD_HOST, "Authorization: {pod}",
+            "User-Agent: aws-sdk-go-v2/1.30"],
+    "pod-loopback": ["GET /v1/credentials HTTP/1.1", "Host: 127.0.0.1:{port}",
+                     "Authorization: {pod}"],
+    "pod-v6": ["GET /v1/credentials HTTP/1.1", "Host: [fd00:ec2::23]", "Authorization: {pod}"],
+    "pod-expired": ["GET /v1/credentials HTTP/1.1", POD_HOST, "Authorization: {pod-expired}"],
+    "pod-garbage": ["GET /v1/credentials HTTP/1.1", POD_HOST, "Authorization: not.a-jwt"],
+    "pod-no-token": ["GET /v1/credentials HTTP/1.1", POD_HOST],
+    "pod-other-host": ["GET /v1/credentials HTTP/1.1", "Host: 10.1.2.3",
+                       "Authorization: {pod}"],
+    "pod-put": ["PUT /v1/credentials HTTP/1.1", POD_HOST, "Authorization: {pod}"],
 }
 
 Edit = Callable[[list[str]], list[str]]
@@ -209,7 +253,7 @@ def _unchanged(lines: list[str]) -> list[str]:
 
 def _host(value: str | None) -> Edit:
     def edit(lines: list[str]) -> list[str]:
-        rest = [line for line in lines[1:] if line != HOST]
+        rest = [line for line in lines[1:] if not line.startswith("Host:")]
         return [lines[0], *([f"Host: {value}"] if value is not None else []), *rest]
     return edit
 
@@ -380,7 +424,8 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pair]]
     threads: list[ServerThread] = []
 
     def run(**settings: str) -> Running:
-        thread = ServerThread(make_config(state_dir=state_dir, **settings),
+        thread = ServerThread(make_config(state_dir=state_dir, container_token=CONTAINER_TOKEN,
+                                          ecs_task=[f"{TASK}=web-role"], **settings),
                               clock=lambda: frozen)
         threads.append(thread)
         return thread.start()
@@ -391,10 +436,20 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pair]]
                            run(connection_close="false", fast_path="false")),
     }
 
+    # The servers share the state directory, so its issuer key signs for them all; on
+    # their frozen clock one token is valid, the other expired an hour ago.
+    key = load_or_create_key(state_dir)
+    pods = {"pod": mint(key, namespace="default", service_account="app",
+                        pod_name="app-0", now=frozen),
+            "pod-expired": mint(key, namespace="default", service_account="app",
+                                now=frozen - 7200, lifetime=600)}
+
     async def tokens() -> None:
         for pair in made.values():
             for running in (pair.fast, pair.aiohttp):
-                pair.tokens[running.url] = await issue_token(running)
+                pair.values[running.url] = {
+                    "token": await issue_token(running), "port": str(port_of(running)),
+                    "task": running.ecs_task, "ecs": CONTAINER_TOKEN, **pods}
 
     try:
         asyncio.run(tokens())
@@ -479,6 +534,103 @@ class TestWhatBothPathsAnswer:
         assert {(answers, "closed")} == first_lines(table_answers, pair, case)
 
 
+class TestContainerRequestsOnBothPaths:
+    """The container endpoints' answers, as both paths give them, and who answered."""
+
+    @pytest.mark.parametrize("base, status", [
+        ("ecs", b"200 OK"), ("ecs-relative", b"200 OK"), ("ecs-v1", b"200 OK"),
+        ("ecs-no-token", b"401 Unauthorized"), ("ecs-wrong-token", b"403 Forbidden"),
+        ("ecs-unknown-id", b"400 Bad Request"), ("ecs-no-id", b"400 Bad Request"),
+        ("pod", b"200 OK"), ("pod-loopback", b"200 OK"), ("pod-v6", b"200 OK"),
+        ("pod-expired", b"400 Bad Request"), ("pod-garbage", b"400 Bad Request"),
+        ("pod-no-token", b"400 Bad Request"), ("pod-other-host", b"403 Forbidden"),
+        ("pod-put", b"405 Method Not Allowed"),
+    ])
+    def test_each_gets_the_agents_status_and_no_5xx(
+        self, table_answers: Answers, base: str, status: bytes
+    ) -> None:
+        """The agreement above is about real answers: [K-05] [K-08] and the 200s."""
+        for pair in ("closing", "kept-alive"):
+            assert {((b"HTTP/1.1 " + status,), "closed" if pair == "closing" else "open")} \
+                == first_lines(table_answers, pair, f"{base}/as-sent"), pair
+        for case in TABLE:
+            if case.id.startswith(f"{base}/"):
+                for pair in ("closing", "kept-alive"):
+                    seen = table_answers[(pair, case.id)][0].answer
+                    assert not re.search(rb"HTTP/1\.[01] 5\d\d", seen), (pair, case.id)
+
+    @pytest.mark.parametrize("pair_name", ["closing", "kept-alive"])
+    @pytest.mark.parametrize("base", ["ecs", "ecs-relative", "pod", "pod-loopback"])
+    def test_the_fast_path_answers_and_keeps_them(self, pairs: dict[str, Pair],
+                                                  pair_name: str, base: str) -> None:
+        """
+        An SDK's request three times over: on new connections (the accept loop answers
+        each where it accepts it), or on one kept-alive connection, each after the answer
+        to the one before (the accept loop answers the first, the fast-path protocol the
+        others). The fast path answers every one and sends a kept answer again within the
+        second, each answer aiohttp's byte for byte.
+        """
+        pair = pairs[pair_name]
+        lab = pair.fast.lab
+        assert lab is not None
+        case = build(base, BASES[base], VARIANTS[0])
+
+        async def run(running: Running) -> list[Seen]:
+            request = case.filled(pair.values[running.url]).pieces[0]
+            if pair_name == "closing":
+                return [Seen(mask(data), ending) for data, ending in
+                        [await converse(port_of(running), Case(case.id, (request,)))
+                         for _ in range(3)]]
+            return [await in_turn(port_of(running), request, 3)]
+
+        before = (lab.fast_answered, lab.fast_kept, lab.handovers)
+        fast = asyncio.run(run(pair.fast))
+        answered, kept, handed = (lab.fast_answered - before[0], lab.fast_kept - before[1],
+                                  lab.handovers - before[2])
+        assert asyncio.run(run(pair.aiohttp)) == fast
+        assert 3 == sum(seen.answer.count(b"HTTP/1.1 200 OK\r\n") for seen in fast)
+        # One second boundary at most between three quick requests: one kept at least.
+        assert (3, 0) == (answered + kept, handed)
+        assert kept >= 1
+
+
+async def in_turn(port: int, request: bytes, times: int) -> Seen:
+    """
+    `request` sent `times` on one connection, each once the answer to the one before has
+    come whole (so none arrives pipelined, whatever the machine's load), then a half-close.
+    """
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        data = bytearray()
+        for sent in range(1, times + 1):
+            await loop.sock_sendall(sock, request)
+            while answers_in(bytes(data)) < sent:
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), QUIET)
+                if not chunk:
+                    return Seen(mask(bytes(data)), "closed")
+                data += chunk
+        sock.shutdown(socket.SHUT_WR)
+        try:
+            rest = await asyncio.wait_for(loop.sock_recv(sock, 65536), QUIET)
+        except TimeoutError:
+            return Seen(mask(bytes(data)), "open")
+        return Seen(mask(bytes(data + rest)), "closed" if not rest else "more")
+
+
+def answers_in(data: bytes) -> int:
+    """How many whole answers (head and Content-Length bytes of body) `data` holds."""
+    count = at = 0
+    while (end := data.find(b"\r\n\r\n", at)) >= 0:
+        length = re.search(rb"\r\nContent-Length: (\d+)", data[at:end])
+        at = end + 4 + (int(length[1]) if length else 0)
+        if at > len(data):
+            break
+        count += 1
+    return count
+
+
 # ---------------------------------------------------------------------- hypothesis
 
 LINE_ENDS = st.sampled_from([b"\r\n"] * 6 + [b"\n", b"\r"])
@@ -487,19 +639,35 @@ EDGY = st.sampled_from([b"\r", b"\n", b"\r\n", b"\t", b" ", b"\x00", b":", b"/",
                         b"?", b"#", b"\x7f", b"\xe9", b"a", b"-", b"\r\n\r\n", b"\r\n "])
 
 
+# The container endpoints' targets, Hosts and Authorization values (`{...}`: Case.filled).
+# `%77eb` is TASK spelt so that aiohttp decodes it and the fast path hands it over.
+CONTAINER_TARGETS = ["/v2/credentials/{task}", f"/v2/credentials/{TASK}",
+                     "/v2/credentials/nope", "/v2/credentials/", "/v1/credentials",
+                     "/v1/credentials?id={task}", "/v1/credentials?id=", "/v2/credentials/%77eb"]
+HOSTS = st.sampled_from([HOST] * 4 + [
+    "Host: 169.254.170.2", POD_HOST, "Host: [fd00:ec2::23]", "Host: 127.0.0.1:{port}",
+    "Host: localhost:{port}", "Host: 10.1.2.3", "Host: evil.example"])
+AUTHORIZATIONS = st.one_of(
+    st.sampled_from(["{ecs}", "{pod}", "{pod-expired}", "{ecs}x", "Bearer {ecs}", "",
+                     "not.a-jwt"]),
+    HEADER_VALUES)
+
+
 @st.composite
 def built(draw: st.DrawFn) -> Case:
     """A request put together from parts, mostly well-formed."""
     method = draw(st.one_of(st.sampled_from(["GET", "PUT", "HEAD"]), METHODS))
     target = draw(st.one_of(st.sampled_from(
         [CREDENTIALS, "/latest/api/token", "/latest/meta-data/", "/latest/meta-data/ami-id"]),
-        PATHS))
+        st.sampled_from(CONTAINER_TARGETS), PATHS))
     version = draw(st.sampled_from(["HTTP/1.1"] * 4 + ["HTTP/1.0", "HTTP/2.0", "http/1.1"]))
     fields = []
     if draw(st.integers(0, 3)):
-        fields.append(HOST)
+        fields.append(draw(HOSTS))
     if draw(st.booleans()):
         fields.append(TOKEN)
+    if draw(st.booleans()):
+        fields.append("Authorization: " + draw(AUTHORIZATIONS))
     if method.upper() == "PUT" or draw(st.booleans()):
         ttl = draw(st.one_of(st.integers(-5, 30000).map(str), HEADER_VALUES))
         fields.append(f"{TTL}: {ttl}")

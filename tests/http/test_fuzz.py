@@ -1,12 +1,16 @@
 """
 Property tests against a running server over real sockets: whatever arrives, the answer
 is one of EC2's statuses, nothing crashes, the server serves normally afterwards, and no
-token it did not issue (or issued to someone else, or that has expired) is accepted.
+token it did not issue (or issued to someone else, or that has expired) is accepted. The
+container credential endpoints beside IMDS [K-01] [K-06] get the same: any id, token,
+service account JWT, Host and method is answered as the agents answer it, never with a
+5xx, and credentials only for the right token.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import secrets
@@ -16,10 +20,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import jwt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from imds.containers.satoken import LEEWAY, load_or_create_key, mint
 from imds.ec2.tokens import TOKEN_LENGTH, TokenSigner
 from imds.server import Running, ServerThread
 from tests.conftest import make_config
@@ -123,9 +129,16 @@ def clock() -> Clock:
     return Clock()
 
 
+# The ECS full-URI flow's token [K-02] and a task besides the server's own (its role
+# minted locally, like the server's).
+CONTAINER_TOKEN = "fuzz-container-token-0123456789"
+TASK = "web"
+
+
 @pytest.fixture(scope="module")
 def server(clock: Clock) -> Iterator[Running]:
-    thread = ServerThread(make_config(), clock=clock)
+    thread = ServerThread(make_config(container_token=CONTAINER_TOKEN,
+                                      ecs_task=[f"{TASK}=web-role"]), clock=clock)
     yield thread.start()
     thread.stop()
 
@@ -364,3 +377,239 @@ class TestFastPathAgreesWithAiohttp:
         slow = exchange(port_of(server), request(method, "/lates%74/" + path[8:], fields))
         assert fast is not None and fast.status in EC2_STATUSES
         assert comparable(fast) == comparable(slow)
+
+
+# ------------------------------------------------------ the container endpoints
+
+ECS_ADDRESS = "169.254.170.2"
+# What the generated requests carry in Host: `{port}` is the server's. None: no Host.
+CONTAINER_HOSTS = [
+    ECS_ADDRESS, f"{ECS_ADDRESS}:80", "169.254.170.23", "169.254.170.23:80",
+    "[fd00:ec2::23]", "[fd00:ec2::23]:80", "127.0.0.1:{port}", "127.0.0.1", "localhost:{port}",
+    "[::1]:{port}", "10.1.2.3", "169.254.169.254", "192.168.1.1:{port}", "evil.example",
+    "imds", "metadata.local:{port}", None,
+]
+# Host values the Pod Identity agent answers through [K-08]: its own addresses and the
+# address imds listens on (loopback here, so any loopback name).
+POD_HOSTS = frozenset({"169.254.170.23", "fd00:ec2::23", "127.0.0.1", "localhost", "::1"})
+# Authorization, by what it is; None: no header.
+AUTHORIZATIONS = [None, "", "container", "container-wrong", "container-prefixed", "pod",
+                  "pod-expired", "pod-early", "pod-other-key", "pod-wrong-audience",
+                  "garbage"]
+UNKNOWN_IDS = st.text(alphabet=string.ascii_letters + string.digits + "-._~", min_size=1,
+                      max_size=40).filter(lambda task: task != TASK)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A container credential request target, and what the agents make of it."""
+
+    target: str
+    # "ecs" with the task id asked for ("" for none), or "pod"; None: decided by Host (the
+    # bare /v1/credentials is ECS's at ECS's address, a pod's elsewhere [K-01] [K-06]).
+    route: str | None
+    task: str = ""
+
+
+@st.composite
+def container_targets(draw: st.DrawFn, default_task: str) -> Target:
+    task = draw(st.one_of(st.sampled_from([default_task, TASK, ""]), UNKNOWN_IDS))
+    # The same id percent-encoded: aiohttp decodes it, the fast path hands it over.
+    spelt = draw(st.sampled_from([task, "".join(f"%{ord(c):02X}" for c in task)]))
+    return draw(st.sampled_from([
+        Target(f"/v2/credentials/{spelt}", "ecs", task),
+        Target(f"/v1/credentials?id={spelt}", "ecs", task),
+        Target(f"/v1/credentials?x=1&id={spelt}", "ecs", task),
+        Target("/v2/credentials", "ecs"),
+        Target("/v1/credentials", None),
+        Target("/v1/credentials?x=1", None),
+        Target(f"/v2/credentials/{spelt}/", "ecs", f"{task}/"),
+    ]))
+
+
+@pytest.fixture(scope="module")
+def authorizations(server: Running, tmp_path_factory: pytest.TempPathFactory,
+                   ) -> dict[str | None, str | None]:
+    """Each kind of AUTHORIZATIONS as a header value."""
+    key = load_or_create_key(server.config.state_dir)
+    other = load_or_create_key(str(tmp_path_factory.mktemp("other-issuer")))
+    now = time.time()
+
+    def pod(**claims: object) -> str:
+        return mint(key, namespace="default", service_account="app", pod_name="app-0",
+                    **claims)  # type: ignore[arg-type]
+
+    # Signed by the right key, for another audience: mint writes only EKS's.
+    wrong_audience = jwt.encode(
+        {"aud": ["sts.amazonaws.com"], "exp": int(now) + 3600, "iat": int(now),
+         "nbf": int(now), "kubernetes.io": {"namespace": "default",
+                                            "serviceaccount": {"name": "app"}}},
+        key, algorithm="RS256")
+    return {
+        None: None, "": "", "container": CONTAINER_TOKEN,
+        "container-wrong": CONTAINER_TOKEN[:-1] + "x", "container-prefixed":
+        "Bearer " + CONTAINER_TOKEN, "pod": pod(),
+        "pod-expired": pod(now=now - 7200, lifetime=600),
+        "pod-early": pod(now=now + 3600),
+        "pod-other-key": mint(other, namespace="default", service_account="app"),
+        "pod-wrong-audience": wrong_audience, "garbage": "eyJhbGciOi.not.a-jwt",
+    }
+
+
+def container_request(method: str, target: str, host: str | None, authorization: str | None,
+                      port: int) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
+    if host is not None:
+        lines.append("Host: " + host.replace("{port}", str(port)))
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def host_part(host: str) -> tuple[str, bool]:
+    """Host's name without the port, and whether it is an IP literal (written anew)."""
+    name = host[1:host.index("]")] if host.startswith("[") else host.split(":")[0]
+    return name, all(c in string.hexdigits + ".:" for c in name) and any(
+        c.isdigit() for c in name)
+
+
+def expected_status(method: str, target: Target, host: str | None, auth: str | None,
+                    tasks: frozenset[str]) -> int:
+    """
+    The agents' answer [K-05] [K-08] (and EC2's Host check [N-03]) with `tasks` the known
+    task ids, written from the interface, independently of imds.containers.
+    """
+    if host is None:
+        return 400  # RFC 9112 §3.2: HTTP/1.1 without Host
+    name, literal = host_part(host)
+    if not literal and name != "localhost":
+        return 403  # a name that may have been rebound [N-03]
+    route = target.route or ("ecs" if name == ECS_ADDRESS else "pod")
+    if method not in ("GET", "HEAD"):
+        return 405
+    if route == "ecs":
+        if name != ECS_ADDRESS:  # the full-URI flow [K-02]
+            if auth is None:
+                return 401
+            if auth != "container":
+                return 403
+        return 200 if target.task in tasks else 400
+    if name not in POD_HOSTS:
+        return 403
+    return 200 if auth == "pod" else 400
+
+
+class TestContainerEndpoints:
+    @FUZZ
+    @given(method=st.sampled_from(["GET", "GET", "GET", "HEAD", "PUT", "POST", "DELETE",
+                                   "OPTIONS", "PATCH"]),
+           data=st.data(), host=st.sampled_from(CONTAINER_HOSTS),
+           auth=st.sampled_from(AUTHORIZATIONS))
+    def test_credentials_only_for_the_right_token_and_never_a_5xx(
+        self, server: Running, authorizations: dict[str | None, str | None],
+        no_internal_errors: None, method: str, data: st.DataObject, host: str | None,
+        auth: str | None,
+    ) -> None:
+        target = data.draw(container_targets(server.ecs_task))
+        port = port_of(server)
+        raw = container_request(method, target.target, host, authorizations[auth], port)
+        answer = exchange(port, raw)
+        assert answer is not None
+        want = expected_status(method, target, host, auth,
+                               frozenset({server.ecs_task, TASK}))
+        assert want == answer.status, raw
+        assert "EC2ws" == answer.headers.get("server")
+        if method == "HEAD" and host is not None:
+            # (Without Host the parser's 400 page answers, before any handler.)
+            assert b"" == answer.body
+        elif want == 200:
+            document = json.loads(answer.body)
+            assert "application/json" == answer.headers["content-type"]
+            assert {"AccessKeyId", "SecretAccessKey", "Token", "Expiration"} <= set(document)
+        else:
+            assert b"AccessKeyId" not in answer.body and b"SecretAccessKey" not in answer.body
+        assert serves_containers(server, authorizations)
+
+    @FUZZ
+    @given(method=METHODS, data=st.data(), host=st.sampled_from(CONTAINER_HOSTS),
+           auth=st.sampled_from(AUTHORIZATIONS),
+           headers=st.dictionaries(HEADER_NAMES, HEADER_VALUES, max_size=4),
+           version=st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2.0"]))
+    def test_any_request_gets_no_5xx_and_the_server_serves_on(
+        self, server: Running, authorizations: dict[str | None, str | None],
+        no_internal_errors: None, method: str, data: st.DataObject, host: str | None,
+        auth: str | None, headers: dict[str, str], version: str,
+    ) -> None:
+        target = data.draw(container_targets(server.ecs_task))
+        port = port_of(server)
+        raw = container_request(method, target.target, host, authorizations[auth], port)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        raw = raw.replace(b" HTTP/1.1\r\n", f" {version}\r\n".encode(), 1)
+        raw = raw[:-2] + extra.encode("utf-8") + b"\r\n"
+        answer = exchange(port, raw)
+        assert answer is not None
+        # No 5xx: imds answers 503 and 500 here only when a role's credentials cannot be
+        # had (K-05, K-08), and these roles are minted locally.
+        assert answer.status in EC2_STATUSES
+        assert serves_containers(server, authorizations)
+
+    @FUZZ
+    @given(auth=st.sampled_from(["container", "pod"]),
+           at=st.floats(min_value=0.0, max_value=1.0),
+           cut=st.sampled_from(["\r\n ", "\r\n\t", "\r", "\n", "\r\r\n", "\r\n"]))
+    def test_a_token_with_cr_or_lf_gets_400(
+        self, server: Running, authorizations: dict[str | None, str | None],
+        no_internal_errors: None, auth: str, at: float, cut: str,
+    ) -> None:
+        """
+        A token with CR or LF [K-03] cannot reach imds as a header value: folded (obs-fold),
+        cut by a bare CR or LF, or ending a line early, the request gets the parser's 400.
+        """
+        token = authorizations[auth]
+        assert token is not None
+        where = 1 + int(at * (len(token) - 2))
+        cut_token = token[:where] + cut + token[where:]
+        target = "/v1/credentials" if auth == "pod" else f"/v2/credentials/{TASK}"
+        raw = container_request("GET", target, "127.0.0.1", cut_token, port_of(server))
+        answer = exchange(port_of(server), raw)
+        assert answer is not None
+        assert 400 == answer.status
+        assert b"AccessKeyId" not in answer.body
+        assert serves_containers(server, authorizations)
+
+    @settings(FUZZ, max_examples=20)
+    @given(lifetime=st.integers(min_value=600, max_value=86400),
+           late=st.floats(min_value=0.5, max_value=100_000))
+    def test_an_expired_pod_token_is_refused_after_its_answer_was_kept(
+        self, server: Running, clock: Clock, no_internal_errors: None, lifetime: int,
+        late: float,
+    ) -> None:
+        """A pod's answer is kept until its token expires (imds.http.fastpath), no longer."""
+        token = mint(load_or_create_key(server.config.state_dir), namespace="default",
+                     service_account="app", lifetime=lifetime)
+        raw = container_request("GET", "/v1/credentials", "169.254.170.23", token,
+                                port_of(server))
+        # Twice: worked out, then (within the second) kept.
+        for _ in range(2):
+            answer = exchange(port_of(server), raw)
+            assert answer is not None and 200 == answer.status
+        # Expired once past exp and Kubernetes's minute of leeway.
+        clock.offset += lifetime + LEEWAY + late
+        try:
+            answer = exchange(port_of(server), raw)
+            assert answer is not None
+            assert (400, b"expired") == (answer.status, answer.body[-8:-1])
+        finally:
+            clock.offset -= lifetime + LEEWAY + late
+
+
+def serves_containers(server: Running, authorizations: dict[str | None, str | None]) -> bool:
+    """An SDK's fetch from each container endpoint still gets credentials."""
+    port = port_of(server)
+    for target, authorization in ((f"/v2/credentials/{server.ecs_task}", CONTAINER_TOKEN),
+                                  ("/v1/credentials", authorizations["pod"])):
+        answer = exchange(port, container_request("GET", target, "127.0.0.1:{port}",
+                                                  authorization, port))
+        if answer is None or 200 != answer.status or b"AccessKeyId" not in answer.body:
+            return False
+    return True

@@ -6,7 +6,8 @@ A TCP stream may cut a request anywhere, and a slow or hostile client may send i
 a time. `FastPath.data_received` must come to the same decision whatever the cuts: answer
 the same bytes, or hand exactly the same bytes to aiohttp. These tests feed a `FastPath`
 through an in-memory transport; the socket tests (test_fastpath.py, test_acceptor.py)
-prove the same path over real connections.
+prove the same path over real connections. The corpus has the container credential
+requests too (ECS [K-01] [K-02], EKS Pod Identity [K-06]), whose tokens are long.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from imds.containers.ecs import EcsEndpoint
+from imds.containers.endpoint import ContainerEndpoints
+from imds.containers.podidentity import Cluster, PodIdentityEndpoint
+from imds.containers.satoken import Verifier, load_or_create_key, mint
+from imds.creds.pool import RoleKey, RotatorPool
 from imds.creds.rotation import Rotator
 from imds.creds.sources.local import LocalSource
 from imds.ec2 import wire as p
@@ -33,6 +40,10 @@ from imds.http.fastpath import FastPath, Wire
 from tests.conftest import make_config
 
 CLIENT = "10.0.0.7"
+CLOCK = 1_800_000_000.0
+# The ECS full-URI flow's token [K-02] and the task serving the role `app`.
+CONTAINER_TOKEN = "splits-container-token-0123456789"
+TASK = "task-1"
 
 
 class RecordingSocket:
@@ -107,17 +118,39 @@ _TOKEN = re.compile(rb"(Content-Length: 56\r\n.*?\r\n\r\n)[A-Za-z0-9_=-]{56}", r
 
 
 @pytest.fixture(scope="module")
-def wire() -> Iterator[Wire]:
-    clock = 1_800_000_000.0
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> rsa.RSAPrivateKey:
+    """The key the pods' service account tokens are signed with."""
+    return load_or_create_key(str(tmp_path_factory.mktemp("issuer")))
+
+
+def containers(rotator: Rotator, issuer: rsa.RSAPrivateKey) -> ContainerEndpoints:
+    """Both container endpoints, serving the one role `app` (task TASK, every pod)."""
+    pool = RotatorPool(lambda key: rotator)
+    pool.add(RoleKey("app"), rotator)
+    ecs = EcsEndpoint(CONTAINER_TOKEN, pool, lambda: CLOCK)
+    asyncio.run(ecs.assign(TASK, "app"))
+    pods = PodIdentityEndpoint(
+        verifier=Verifier.of_key(issuer), associations=None, own_role="app", pool=pool,
+        account_of=lambda key: "123456789012",
+        cluster=Cluster("c", "arn:aws:eks:us-east-1:123456789012:cluster/c"),
+        hosts=frozenset({"127.0.0.1"}), any_address=False, rate=0, clock=lambda: CLOCK)
+    return ContainerEndpoints(ecs, pods)
+
+
+@pytest.fixture(scope="module")
+def wire(issuer: rsa.RSAPrivateKey) -> Iterator[Wire]:
+    clock = CLOCK
     tree = Directory({"latest": Directory({"meta-data": Directory({
         "ami-id": leaf("ami-0123456789abcdef0"),
         "iam": Directory({"security-credentials": Directory({"app": leaf('{"Code":1}')})}),
     })}, mark_directories=False)}, mark_directories=False)
-    rules = Rules(tree=tree, signer=TokenSigner(lambda: clock, key=b"k" * 32),
-                  clock=lambda: clock, guard=Guard.of())
     source = LocalSource("app", "123456789012", 3600, lambda: clock)
-    state = State(config=make_config(), rules=rules,
-                  rotator=Rotator(source, refresh_ahead=300, clock=lambda: clock),
+    rotator = Rotator(source, refresh_ahead=300, clock=lambda: clock)
+    asyncio.run(rotator.prime())
+    rules = Rules(tree=tree, signer=TokenSigner(lambda: clock, key=b"k" * 32),
+                  clock=lambda: clock, guard=Guard.of(),
+                  containers=containers(rotator, issuer))
+    state = State(config=make_config(), rules=rules, rotator=rotator,
                   common_headers={"Server": p.SERVER_NAME, "Accept-Ranges": "none"})
     yield Wire(state, max_headers=64)
 
@@ -155,10 +188,20 @@ def feed(loop: asyncio.AbstractEventLoop, wire: Wire, pieces: list[bytes]) -> Ou
     return Outcome(_TOKEN.sub(rb"\1<token>", written), transport.closed, handed)
 
 
-def requests(wire: Wire) -> list[tuple[str, bytes]]:
+def container_get(path: str, host: str, authorization: str | None = None) -> bytes:
+    auth = "" if authorization is None else f"Authorization: {authorization}\r\n"
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}"
+            "User-Agent: Boto3/1.35\r\n\r\n").encode()
+
+
+def requests(wire: Wire, issuer: rsa.RSAPrivateKey) -> list[tuple[str, bytes]]:
     token = wire.state.rules.signer.issue(21600, CLIENT)
     get = ("GET {} HTTP/1.1\r\nHost: 169.254.169.254\r\n"
            f"X-aws-ec2-metadata-token: {token}\r\nUser-Agent: Boto3/1.35\r\n\r\n")
+    pod = mint(issuer, namespace="default", service_account="app", now=CLOCK)
+    expired = mint(issuer, namespace="default", service_account="app", now=CLOCK - 7200,
+                   lifetime=600)
+    ecs = f"/v2/credentials/{TASK}"
     return [
         ("token-put", b"PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n"
                       b"X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n"
@@ -181,6 +224,21 @@ def requests(wire: Wire) -> list[tuple[str, bytes]]:
         ("http-1.0", b"GET /latest/meta-data/ami-id HTTP/1.0\r\n\r\n"),
         ("repeated-header", b"PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nHost: y\r\n"
                             b"X-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n"),
+        ("ecs-full-uri", container_get(ecs, "127.0.0.1:1338", CONTAINER_TOKEN)),
+        ("ecs-relative", container_get(ecs, "169.254.170.2")),
+        ("ecs-wrong-token", container_get(ecs, "127.0.0.1:1338", CONTAINER_TOKEN + "x")),
+        ("ecs-unknown-id", container_get("/v2/credentials/nope", "127.0.0.1",
+                                         CONTAINER_TOKEN)),
+        ("pod", container_get("/v1/credentials", "169.254.170.23", pod)),
+        ("pod-expired", container_get("/v1/credentials", "169.254.170.23", expired)),
+        ("pod-other-host", container_get("/v1/credentials", "10.1.2.3", pod)),
+        # Handed to aiohttp: a query [K-01], a folded token, a token cut by a bare CR.
+        ("ecs-v1-query", container_get(f"/v1/credentials?id={TASK}", "127.0.0.1",
+                                       CONTAINER_TOKEN)),
+        ("pod-folded-token", container_get("/v1/credentials", "169.254.170.23",
+                                           pod[:40] + "\r\n " + pod[40:])),
+        ("pod-cr-in-token", container_get("/v1/credentials", "169.254.170.23",
+                                          pod[:40] + "\r" + pod[40:])),
     ]
 
 
@@ -195,66 +253,77 @@ def splits(request: bytes) -> Iterator[list[bytes]]:
 
 class TestEverySplit:
     def test_the_corpus_covers_both_outcomes(self, loop: asyncio.AbstractEventLoop,
-                                             wire: Wire) -> None:
+                                             wire: Wire, issuer: rsa.RSAPrivateKey) -> None:
         """Some requests are answered here and some handed over: both sides are tested."""
-        outcomes = [feed(loop, wire, [raw]) for _, raw in requests(wire)]
+        outcomes = [feed(loop, wire, [raw]) for _, raw in requests(wire, issuer)]
         assert any(o.written and not o.handed for o in outcomes)
         assert any(o.handed and not o.written for o in outcomes)
 
     def test_a_request_split_anywhere_gets_the_same_outcome(
-        self, loop: asyncio.AbstractEventLoop, wire: Wire
+        self, loop: asyncio.AbstractEventLoop, wire: Wire, issuer: rsa.RSAPrivateKey
     ) -> None:
         """Two pieces, cut at every byte: the same answer, or the same bytes handed over."""
-        for name, raw in requests(wire):
+        for name, raw in requests(wire, issuer):
             whole = feed(loop, wire, [raw])
             for pieces in splits(raw):
                 assert whole == feed(loop, wire, pieces), (name, len(pieces[0]))
 
     def test_a_request_a_byte_at_a_time_gets_the_same_outcome(
-        self, loop: asyncio.AbstractEventLoop, wire: Wire
+        self, loop: asyncio.AbstractEventLoop, wire: Wire, issuer: rsa.RSAPrivateKey
     ) -> None:
         """A trickling client is answered as if it had sent the request at once."""
-        for name, raw in requests(wire):
+        for name, raw in requests(wire, issuer):
             whole = feed(loop, wire, [raw])
             assert whole == feed(loop, wire, [raw[i:i + 1] for i in range(len(raw))]), name
 
     def test_whatever_is_handed_over_is_the_whole_request(
-        self, loop: asyncio.AbstractEventLoop, wire: Wire
+        self, loop: asyncio.AbstractEventLoop, wire: Wire, issuer: rsa.RSAPrivateKey
     ) -> None:
         """aiohttp gets every byte of the request, none lost and none twice."""
-        for name, raw in requests(wire):
+        for name, raw in requests(wire, issuer):
             outcome = feed(loop, wire, [raw])
             if outcome.handed:
                 assert (raw,) == outcome.handed, name
 
     def test_an_answered_request_gets_ec2s_status(self, loop: asyncio.AbstractEventLoop,
-                                                  wire: Wire) -> None:
+                                                  wire: Wire, issuer: rsa.RSAPrivateKey,
+                                                  ) -> None:
         """The SDK's three requests, answered on the fast path, status for status."""
         statuses = {name: feed(loop, wire, [raw]).written.split(b"\r\n", 1)[0]
-                    for name, raw in requests(wire)}
+                    for name, raw in requests(wire, issuer)}
         assert b"HTTP/1.1 200 OK" == statuses["token-put"]
         assert b"HTTP/1.1 200 OK" == statuses["role-list"]
         assert b"HTTP/1.1 200 OK" == statuses["role-document"]
         assert b"HTTP/1.1 404 Not Found" == statuses["unknown-path"]
         assert b"HTTP/1.1 401 Unauthorized" == statuses["no-token"]
+        # The container endpoints' [K-05] [K-08], answered here too.
+        assert b"HTTP/1.1 200 OK" == statuses["ecs-full-uri"]
+        assert b"HTTP/1.1 200 OK" == statuses["ecs-relative"]
+        assert b"HTTP/1.1 403 Forbidden" == statuses["ecs-wrong-token"]
+        assert b"HTTP/1.1 400 Bad Request" == statuses["ecs-unknown-id"]
+        assert b"HTTP/1.1 200 OK" == statuses["pod"]
+        assert b"HTTP/1.1 400 Bad Request" == statuses["pod-expired"]
+        assert b"HTTP/1.1 403 Forbidden" == statuses["pod-other-host"]
+        for handed in ("ecs-v1-query", "pod-folded-token", "pod-cr-in-token"):
+            assert b"" == statuses[handed], handed
 
 
 class TestHopLimit:
     def test_the_token_leaves_with_the_hop_limit_and_the_connection_closes(
-        self, loop: asyncio.AbstractEventLoop, wire: Wire
+        self, loop: asyncio.AbstractEventLoop, wire: Wire, issuer: rsa.RSAPrivateKey
     ) -> None:
         """[N-05] the token answer's socket gets IP_TTL 1, whatever closes the connection."""
         _, connection, transport = connect(loop, wire)
-        connection.data_received(requests(wire)[0][1])
+        connection.data_received(requests(wire, issuer)[0][1])
         assert transport.written.startswith(b"HTTP/1.1 200 OK")
         assert [(socket.IPPROTO_IP, socket.IP_TTL, 1)] == transport.socket.options
         assert transport.closed
 
     def test_other_answers_leave_the_socket_as_it_is(
-        self, loop: asyncio.AbstractEventLoop, wire: Wire
+        self, loop: asyncio.AbstractEventLoop, wire: Wire, issuer: rsa.RSAPrivateKey
     ) -> None:
         """Only the token answer is limited: metadata answers may cross any number of hops."""
         _, connection, transport = connect(loop, wire)
-        connection.data_received(requests(wire)[1][1])
+        connection.data_received(requests(wire, issuer)[1][1])
         assert transport.written.startswith(b"HTTP/1.1 200 OK")
         assert [] == transport.socket.options
