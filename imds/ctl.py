@@ -280,13 +280,18 @@ def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         text = json.dumps(_jsonable(result), indent=2) + "\n"
     else:
         text = _human(args.action, result) + "\n"
+    write_out(text)
+    return 0
+
+
+def write_out(text: str) -> None:
+    """Print `text`; a reader that left (`imds ctl status | head`) ends it quietly."""
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
-        # `imds ctl status | head`: the reader left; say nothing more, as Unix tools do.
+        # Say nothing more, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
 
 
 def _dispatch(client: ControlClient, args: argparse.Namespace) -> Any:

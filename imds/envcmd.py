@@ -24,7 +24,7 @@ from typing import Any
 
 from imds import flows, podtoken
 from imds.containers.build import TOKEN_FILE as CONTAINER_TOKEN_FILE
-from imds.ctl import choose, state_dir_of
+from imds.ctl import choose, state_dir_of, write_out
 from imds.errors import ConfigError, FlowError, ServerChoiceError, StartupError
 from imds.lab.registry import Server
 
@@ -265,10 +265,5 @@ def _warn(command: str) -> Warn:
 
 
 def _write(text: str) -> int:
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader left (`imds env | head -1`); say nothing more, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    write_out(text)
     return 0

@@ -218,20 +218,22 @@ def held(path: Path) -> bool | None:
 
 
 def kept_text(state_dir: str | Path, name: str, make: Callable[[], str],
-              mode: int = 0o600) -> str:
+              mode: int = 0o600, what: str = "") -> str:
     """
     The text kept in `<state_dir>/name`, made by `make` and saved (mode `mode`) on first use,
     under the directory's lock so that servers starting at once agree on one value.
-    Raises StartupError when it cannot be read or written, or is empty.
+    Raises StartupError when it cannot be read or written, or is empty; ConfigError when
+    the state directory is unsafe to trust.
     """
     path = Path(state_dir) / name
+    where = f"{what} {str(path)!r}" if what else repr(str(path))
     try:
         with locked(state_dir):
             if not path.exists():
                 write_once(path, make().encode("utf-8"), mode)
             text = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise StartupError(f"{str(path)!r}: {exc}") from exc
+        raise StartupError(f"{where}: {exc}") from exc
     if not text:
-        raise StartupError(f"{str(path)!r} is empty; delete it to get a new one")
+        raise StartupError(f"{where} is empty; delete it to get a new one")
     return text

@@ -50,7 +50,7 @@ from imds.containers.ecs import EcsEndpoint
 from imds.errors import FaultError, LabError, SourceError, StartupError
 from imds.http import aioserver as httpd
 from imds.http.listen import bind_error
-from imds.instance.statedir import locked, replace_file, write_once
+from imds.instance.statedir import kept_text, replace_file
 from imds.lab import metrics
 from imds.lab.faultspec import FaultSpec
 from imds.lab.lab import Lab
@@ -96,19 +96,9 @@ def load_or_create_token(state_dir: str) -> str:
 
     Raises ConfigError when the state directory is unsafe to trust (imds.instance.statedir).
     """
-    path = Path(state_dir) / TOKEN_FILE
-    try:
-        # Checked and locked (imds.instance.statedir): a token another user planted is refused, and
-        # servers starting at once all use the one token on disk.
-        with locked(state_dir):
-            if not path.exists():
-                write_once(path, new_token().encode("ascii"), 0o600)
-            token = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StartupError(f"control token {str(path)!r}: {exc}") from exc
-    if not token:
-        raise StartupError(f"control token {str(path)!r} is empty; delete it to get a new one")
-    return token
+    # Checked and locked (imds.instance.statedir): a token another user planted is refused,
+    # and servers starting at once all use the one token on disk.
+    return kept_text(state_dir, TOKEN_FILE, new_token, 0o600, "control token")
 
 
 def write_url(state_dir: str, url: str) -> None:

@@ -10,7 +10,6 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +18,7 @@ import pytest
 from imds.containers.satoken import load_or_create_key, mint
 from imds.server import Running
 from tests.conftest import ServerFactory
-from tests.support.sts_support import BASE_KEY_ID, BASE_SECRET, StsProxy
+from tests.support.sts_support import StsProxy
 
 TOKEN = "ecs-token-for-the-tests-0123456789"
 ECS_KEYS = ["RoleArn", "AccessKeyId", "SecretAccessKey", "Token", "Expiration"]
@@ -241,16 +240,6 @@ class TestPodIdentity:
 
 
 ROLE = "arn:aws:iam::111122223333:role/pods"
-
-
-@pytest.fixture
-def sts(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[StsProxy]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", BASE_KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", BASE_SECRET)
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    proxy = StsProxy(moto_url).start()
-    yield proxy
-    proxy.close()
 
 
 class TestPodIdentitySessions:

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from imds.creds.sources.sts import AssumeRoleSource
 from imds.creds.sources.sts_request import AssumeRoleSettings
 from tests.conftest import ServerFactory
 from tests.support.labutil import ControlAPI
-from tests.support.sts_support import BASE_KEY_ID, BASE_SECRET, StsProxy
+from tests.support.sts_support import StsProxy
 
 ROLE = "arn:aws:iam::111122223333:role/app"
-
-
-@pytest.fixture
-def sts(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[StsProxy]:
-    # Fake base keys for moto; anything that missed the proxy would hit a closed port.
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", BASE_KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", BASE_SECRET)
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    proxy = StsProxy(moto_url).start()
-    yield proxy
-    proxy.close()
 
 
 def source(sts: StsProxy) -> AssumeRoleSource:
