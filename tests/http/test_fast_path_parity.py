@@ -144,6 +144,9 @@ async def converse(port: int, case: Case) -> tuple[bytes, str]:
 _MASKS = [
     (re.compile(rb"\r\nDate: [^\r]*"), rb"\r\nDate: (date)"),
     (re.compile(rb"\r\nLast-Modified: [^\r]*"), rb"\r\nLast-Modified: (started)"),
+    # The identity document's launch time: each server's own start [D-05], and the two
+    # of a pair may start in different seconds.
+    (re.compile(rb'"pendingTime" : "[^"]*"'), rb'"pendingTime" : "(started)"'),
     # A token [T-07] (imds.ec2.tokens: 56 characters, `AQAEA` first).
     (re.compile(rb"AQAEA[A-Za-z0-9_-]{49}=="), rb"(token)"),
     (re.compile(rb'"(AccessKeyId|SecretAccessKey|Token)" : "[^"]*"'), rb'"\1" : "(random)"'),
