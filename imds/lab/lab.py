@@ -20,12 +20,15 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from imds.config.options import LIFETIME_RANGE, REFRESH_AHEAD_RANGE
+from imds.containers.kinds import ENDPOINTS, IMDS
 from imds.creds.model import Credentials, Rendered, redact_key_id
 from imds.creds.rotation import RotationEvent, Rotator, effective_ahead
 from imds.creds.sources.base import CredentialSource, RoleIdentity
 from imds.ec2 import wire as p
-from imds.errors import LabError, SourceError
-from imds.http.observer import Handler, Respond
+from imds.ec2.answer import CONTAINER_PREFIXES, Header
+from imds.errors import FaultError, LabError, SourceError
+from imds.http.observer import Fetched, Handler, Respond
+from imds.lab.endpoints import Holders, container_fetch
 from imds.lab.faults import Fault, Faults, credential_path
 from imds.lab.faultspec import FaultSpec
 
@@ -44,6 +47,10 @@ _KEY_FIELD = b'"AccessKeyId" : "'
 _CREDENTIALS_PATH = "/meta-data/iam/security-credentials"
 
 
+def _no_header(name: str) -> str | None:
+    return None
+
+
 class ClientFetch(NamedTuple):
     """A client fetched a credential document: when, from where, which key (hint)."""
 
@@ -53,6 +60,8 @@ class ClientFetch(NamedTuple):
     key: str
     # "" as served; "expired" or "revoked" when a fault rewrote it; "body" when broken.
     fault: str
+    # Which endpoint served it: imds, ecs or pod-identity (imds.containers.kinds).
+    endpoint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +156,9 @@ class Lab:
         self.requests: dict[tuple[str, int | str], int] = {}
         self.tokens_issued = 0
         self.credential_fetches = 0
+        self.fetches_by_endpoint = dict.fromkeys(ENDPOINTS, 0)
+        # Which rotator holds a key, for the container answers (imds.lab.endpoints).
+        self.holders = Holders(self.rotators)
         # How metadata requests were answered (imds.http.fastpath): worked out on the fast path,
         # sent again as kept, or handed to aiohttp (odd requests, faults injected).
         self.fast_answered = 0
@@ -195,10 +207,12 @@ class Lab:
                     self._count(request.path, "dropped" if dropped else early.status)
                     return early
             response = await handle(request)
-            applied = faults.apply_after(request, response, self.rotators) if faults.after else ""
+            applied = (faults.apply_after(request, response, self.rotators, self.holders)
+                       if faults.after else "")
             body = response.body if isinstance(response, web.Response) else None
             observe(request.path, response.status, request.remote or "",
-                    body if isinstance(body, bytes) else None, applied)
+                    body if isinstance(body, bytes) else None, applied,
+                    request.headers.get, request.rel_url.raw_query_string)
             return response
 
         return observed
@@ -210,22 +224,31 @@ class Lab:
         return bool(faults.before or faults.after)
 
     def observe(self, path: str, status: int, client: str, body: bytes | None,
-                applied: str = "") -> None:
+                applied: str = "", header: Header = _no_header, query: str = "") -> None:
         """Count one answer; remember a credential document's key for the timeline."""
-        self.record(path, status, client, self.fetched(path, status, body), applied)
+        self.record(path, status, client, self.fetched(path, status, body, header, query),
+                    applied)
 
-    @staticmethod
-    def fetched(path: str, status: int, body: bytes | None) -> tuple[str, str] | None:
-        """The role and key hint of a credential document answered for `path`, else None."""
-        if status != 200 or body is None or _CREDENTIALS_PATH not in path:
+    def fetched(self, path: str, status: int, body: bytes | None, header: Header,
+                query: str = "") -> Fetched:
+        """
+        The role, key hint and endpoint of a credential document answered for `path`, else
+        None. `header` and `query` are read only for a container path's 200 (which of the
+        endpoints answered it, imds.containers.kinds).
+        """
+        if status != 200 or body is None:
             return None
-        target = credential_path(path)  # a role's document, not the listing
-        if target is None:
-            return None
-        return target.role, key_in(body)
+        if _CREDENTIALS_PATH in path:
+            target = credential_path(path)  # a role's document, not the listing
+            if target is None:
+                return None
+            return target.role, key_in(body), IMDS
+        if path.startswith(CONTAINER_PREFIXES):
+            return container_fetch(path, query, header, body, self.holders)
+        return None
 
-    def answered(self, path: str, status: int, client: str,
-                 fetched: tuple[str, str] | None, kept: bool) -> None:
+    def answered(self, path: str, status: int, client: str, fetched: Fetched,
+                 kept: bool) -> None:
         """One answer the fast path sent (imds.http.observer.Observer.answered)."""
         if kept:
             self.fast_kept += 1
@@ -237,8 +260,8 @@ class Lab:
         """A fast-path connection went to aiohttp (imds.http.observer.Observer)."""
         self.handovers += 1
 
-    def record(self, path: str, status: int, client: str,
-               fetched: tuple[str, str] | None, applied: str = "") -> None:
+    def record(self, path: str, status: int, client: str, fetched: Fetched,
+               applied: str = "") -> None:
         """`observe` with `fetched` worked out already (imds.http.fastpath keeps it)."""
         # Once per answer, kept ones included (imds.http.fastpath): the common case, a path
         # and status counted before, is done here without a call.
@@ -254,14 +277,15 @@ class Lab:
                 self.tokens_issued += 1
             return
         self.credential_fetches += 1
+        role, hint, endpoint = fetched
+        self.fetches_by_endpoint[endpoint] += 1
         # A named tuple's own __new__ is a Python function; tuple.__new__ builds the same
         # object in C, in half the time.
-        fetch = _new_tuple(ClientFetch, (self.clock(), client, fetched[0], fetched[1],
-                                         applied))
+        fetch = _new_tuple(ClientFetch, (self.clock(), client, role, hint, applied, endpoint))
         self.fetches.append(fetch)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("client %s fetched role %s: key %s%s", fetch.client, fetch.role,
-                      fetch.key or "(none)", f" ({applied})" if applied else "")
+            log.debug("client %s fetched role %s from %s: key %s%s", client, role, endpoint,
+                      hint or "(none)", f" ({applied})" if applied else "")
 
     def _count(self, path: str, status: int | str) -> None:
         key = (path, status)
@@ -299,27 +323,33 @@ class Lab:
         self._event("rotate", rendered.credentials.key_hint)
         return rendered
 
-    def expire(self, role: str | None = None) -> Fault:
+    def expire(self, role: str | None = None, endpoint: str | None = None) -> Fault:
         """
         Serve the current keys as already expired [L-04] until the rotator replaces them:
-        what IMDS does when it cannot refresh, and what static stability is for.
+        what IMDS does when it cannot refresh, and what static stability is for. On every
+        endpoint that serves the role, or on `endpoint` only.
         """
-        return self._bound("expired", role)
+        return self._bound("expired", role, endpoint)
 
-    def revoke(self, role: str | None = None) -> Fault:
+    def revoke(self, role: str | None = None, endpoint: str | None = None) -> Fault:
         """
         Stop serving the current keys: the credential document becomes EC2's "cannot assume
-        the role" answer [C-06] until the rotator replaces them (at its next refresh, or now
-        with `rotate`). Keys already handed out are not recalled [L-05].
+        the role" answer [C-06] (the container endpoints' own, imds.lab.endpoints) until the
+        rotator replaces them (at its next refresh, or now with `rotate`). Keys already
+        handed out are not recalled [L-05].
         """
-        return self._bound("revoked", role)
+        return self._bound("revoked", role, endpoint)
 
-    def _bound(self, kind: str, role: str | None) -> Fault:
+    def _bound(self, kind: str, role: str | None, endpoint: str | None) -> Fault:
+        try:
+            spec = FaultSpec.parse({"kind": kind, "endpoint": endpoint})
+        except FaultError as exc:
+            raise LabError(str(exc)) from None
         rotator = self.rotator(role)
         current = rotator.current
         if current is None:
             raise LabError("no credentials to act on yet", 409)
-        fault = self.faults.add(FaultSpec(kind), bound=(rotator, current))
+        fault = self.faults.add(spec, bound=(rotator, current))
         self._event(kind, current.credentials.key_hint)
         return fault
 
@@ -412,7 +442,7 @@ class Lab:
             "fault_history": [f.describe() for f in self.faults.history],
             "fetches": [
                 {"at": f.at, "client": f.client, "role": f.role, "key": f.key,
-                 "fault": f.fault}
+                 "fault": f.fault, "endpoint": f.endpoint}
                 for f in self.fetches
             ],
             "events": [{"at": e.at, "what": e.what, "detail": e.detail} for e in self.events],
