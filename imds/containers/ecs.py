@@ -43,7 +43,7 @@ _UNINITIALIZED = {
     "v2": ecs_error(503, "CredentialsUninitialized",
                     "CredentialsV2Request: Credentials uninitialized for ID"),
 }
-# Also what the rotation lab's `revoked` fault answers here (imds.lab.endpoints).
+# Also what the rotation lab's `revoked` fault answers here (imds.lab.containerdocs).
 UNINITIALIZED = _UNINITIALIZED
 # Not the ECS agent's (it checks no token): the full-URI flow's, shaped like its errors so
 # every SDK shows code and message [K-09].

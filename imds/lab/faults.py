@@ -15,7 +15,7 @@ Faults injected on purpose, so a client can be tested against a broken IMDS [§1
 
 Every kind but `token` and `source` acts on all three endpoints (imds.containers.kinds) unless
 its `endpoint` names one: `expired` and `revoked` rewrite the ECS and Pod Identity documents
-of the role as each of those endpoints would (imds.lab.endpoints).
+of the role as each of those endpoints would (imds.lab.containerdocs).
 
 A fault lasts for a number of requests (`count`), a number of seconds (`duration`), both
 (whichever ends first), or until it is cleared. `expire` and `revoke` in the control API
@@ -51,13 +51,14 @@ from imds.ec2 import wire as p
 from imds.ec2.answer import CONTAINER_PREFIXES
 from imds.ec2.wire import from_epoch
 from imds.http.observer import Respond
-from imds.lab.endpoints import Holders, container_key, expired_body, revoked_reply, rewrite
+from imds.lab.containerdocs import expired_body, revoked_reply, rewrite
 from imds.lab.faultspec import (
     AFTER,
     BEFORE,
     FaultSpec,
     path_matcher,
 )
+from imds.lab.fetches import Holders, container_key
 from imds.logs import printable
 
 log = logging.getLogger("imds.faults")
@@ -131,7 +132,7 @@ class Fault:
 
     def expired_container_document(self, current: Rendered, endpoint: str,
                                    served: bytes) -> bytes:
-        """The same for a container endpoint's document `served` (imds.lab.endpoints)."""
+        """The same for a container endpoint's document `served` (imds.lab.containerdocs)."""
         creds = current.credentials
         # One rotator serves one role, so one document per endpoint (imds.creds.pool).
         return self._cached((id(current), endpoint),

@@ -21,16 +21,16 @@ from aiohttp import web
 
 from imds.config.options import LIFETIME_RANGE, REFRESH_AHEAD_RANGE
 from imds.containers.kinds import ENDPOINTS, IMDS
-from imds.creds.model import Credentials, Rendered, redact_key_id
+from imds.creds.model import Credentials, Rendered
 from imds.creds.rotation import RotationEvent, Rotator, effective_ahead
 from imds.creds.sources.base import CredentialSource, RoleIdentity
 from imds.ec2 import wire as p
 from imds.ec2.answer import CONTAINER_PREFIXES, Header
 from imds.errors import FaultError, LabError, SourceError
 from imds.http.observer import Fetched, Handler, Respond
-from imds.lab.endpoints import Holders, container_fetch
 from imds.lab.faults import Fault, Faults, credential_path
 from imds.lab.faultspec import FaultSpec
+from imds.lab.fetches import Holders, container_fetch, key_in
 
 log = logging.getLogger("imds.lab")
 
@@ -43,7 +43,6 @@ MAX_COUNTED_PATHS = 2048
 OVERFLOW_PATH = "/…"
 # Source fetch latency buckets, seconds: a local mint is microseconds, STS ~0.1–1 s.
 FETCH_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_KEY_FIELD = b'"AccessKeyId" : "'
 _CREDENTIALS_PATH = "/meta-data/iam/security-credentials"
 
 
@@ -131,17 +130,6 @@ class WatchedSource:
         return creds
 
 
-def key_in(body: bytes) -> str:
-    """The key hint of a credential document, "" for one without keys [C-06]."""
-    at = body.find(_KEY_FIELD)
-    if at < 0:
-        return ""
-    start = at + len(_KEY_FIELD)
-    end = body.find(b'"', start)
-    # Only the last four characters are ever decoded (redact_key_id's rule).
-    return redact_key_id(body[max(start, end - 4):end].decode("ascii", "replace"))
-
-
 class Lab:
     """State and actions of the rotation lab for one server."""
 
@@ -157,7 +145,7 @@ class Lab:
         self.tokens_issued = 0
         self.credential_fetches = 0
         self.fetches_by_endpoint = dict.fromkeys(ENDPOINTS, 0)
-        # Which rotator holds a key, for the container answers (imds.lab.endpoints).
+        # Which rotator holds a key, for the container answers (imds.lab.fetches).
         self.holders = Holders(self.rotators)
         # How metadata requests were answered (imds.http.fastpath): worked out on the fast path,
         # sent again as kept, or handed to aiohttp (odd requests, faults injected).
@@ -211,8 +199,7 @@ class Lab:
                        if faults.after else "")
             body = response.body if isinstance(response, web.Response) else None
             observe(request.path, response.status, request.remote or "",
-                    body if isinstance(body, bytes) else None, applied,
-                    request.headers.get, request.rel_url.raw_query_string)
+                    body if isinstance(body, bytes) else None, applied, request)
             return response
 
         return observed
@@ -224,10 +211,17 @@ class Lab:
         return bool(faults.before or faults.after)
 
     def observe(self, path: str, status: int, client: str, body: bytes | None,
-                applied: str = "", header: Header = _no_header, query: str = "") -> None:
-        """Count one answer; remember a credential document's key for the timeline."""
-        self.record(path, status, client, self.fetched(path, status, body, header, query),
-                    applied)
+                applied: str = "", request: web.BaseRequest | None = None) -> None:
+        """
+        Count one answer; remember a credential document's key for the timeline. The
+        `request` is read only for a container path (which endpoint answered it).
+        """
+        if request is not None and path.startswith(CONTAINER_PREFIXES):
+            fetched = self.fetched(path, status, body, request.headers.get,
+                                   request.rel_url.raw_query_string)
+        else:
+            fetched = self.fetched(path, status, body, _no_header)
+        self.record(path, status, client, fetched, applied)
 
     def fetched(self, path: str, status: int, body: bytes | None, header: Header,
                 query: str = "") -> Fetched:
@@ -334,7 +328,7 @@ class Lab:
     def revoke(self, role: str | None = None, endpoint: str | None = None) -> Fault:
         """
         Stop serving the current keys: the credential document becomes EC2's "cannot assume
-        the role" answer [C-06] (the container endpoints' own, imds.lab.endpoints) until the
+        the role" answer [C-06] (the container endpoints' own, imds.lab.containerdocs) until the
         rotator replaces them (at its next refresh, or now with `rotate`). Keys already
         handed out are not recalled [L-05].
         """
