@@ -195,8 +195,16 @@ class Lab:
                     self._count(request.path, "dropped" if dropped else early.status)
                     return early
             response = await handle(request)
-            applied = (faults.apply_after(request, response, self.rotators, self.holders)
-                       if faults.after else "")
+            applied = ""
+            if faults.after:
+                served = response.body if isinstance(response, web.Response) else None
+                applied = faults.apply_after(request, response, self.rotators, self.holders)
+                if applied == "revoked" and response.status != 200 \
+                        and isinstance(served, bytes):
+                    # A container endpoint's refusal (imds.lab.containerdocs): the client
+                    # still asked for that document, and got no key.
+                    self._refused(request, response.status, served)
+                    return response
             body = response.body if isinstance(response, web.Response) else None
             observe(request.path, response.status, request.remote or "",
                     body if isinstance(body, bytes) else None, applied, request)
@@ -222,6 +230,15 @@ class Lab:
         else:
             fetched = self.fetched(path, status, body, _no_header)
         self.record(path, status, client, fetched, applied)
+
+    def _refused(self, request: web.BaseRequest, status: int, served: bytes) -> None:
+        """A fetch a `revoked` fault refused: the role and endpoint of what was `served`."""
+        path = request.path
+        fetched = self.fetched(path, 200, served, request.headers.get,
+                               request.rel_url.raw_query_string)
+        if fetched is not None:
+            fetched = (fetched[0], "", fetched[2])  # no key handed out
+        self.record(path, status, request.remote or "", fetched, "revoked")
 
     def fetched(self, path: str, status: int, body: bytes | None, header: Header,
                 query: str = "") -> Fetched:

@@ -192,6 +192,13 @@ class TestRevoked:
         assert (500, "text/plain") == (status, content_type)
         assert body.startswith("Failed to assume the role") and body.endswith("\n")
         assert "AccessKeyId" not in body
+        # Each refusal is still a fetch on the timeline: that role, from that endpoint, no key.
+        fetches = [(f["endpoint"], f["role"], f["key"], f["fault"])
+                   for f in (await lab.status())["fetches"]]
+        assert [("imds", "imds-local-role", "", "revoked"),
+                ("ecs", "imds-local-role", "", "revoked"),
+                ("ecs", "imds-local-role", "", "revoked"),
+                ("pod-identity", "imds-local-role", "", "revoked")] == fetches
 
     async def test_a_rotation_ends_it_on_every_endpoint(
         self, lab: ControlAPI, endpoints: Endpoints
