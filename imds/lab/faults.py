@@ -35,12 +35,11 @@ import datetime as dt
 import http
 import itertools
 import logging
-import re
 import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from aiohttp import web
 
@@ -58,7 +57,7 @@ from imds.lab.faultspec import (
     FaultSpec,
     path_matcher,
 )
-from imds.lab.fetches import Holders, container_key
+from imds.lab.fetches import Holders, container_key, credential_path
 from imds.logs import printable
 
 log = logging.getLogger("imds.faults")
@@ -177,26 +176,6 @@ class Fault:
         if spec.duration is not None:
             parts.append(f"for {spec.duration:g}s")
         return " ".join(parts)
-
-
-class CredentialPath(NamedTuple):
-    """A request for one role's credential document."""
-
-    role: str
-    extended: bool
-
-
-# `/<version>/meta-data/iam/security-credentials[-extended]/<role>[/]` [C-03] [X-01] [R-08].
-_CREDENTIAL_PATH = re.compile(
-    r"/+[^/]+/+meta-data/+iam/+security-credentials(-extended)?/+([^/]+)/*")
-
-
-def credential_path(path: str) -> CredentialPath | None:
-    """The role whose credential document `path` asks for, or None for any other path."""
-    match = _CREDENTIAL_PATH.fullmatch(path)
-    if match is None:
-        return None
-    return CredentialPath(match[2], match[1] is not None)
 
 
 class Faults:

@@ -10,8 +10,10 @@ endpoint serves it (imds.creds.pool). The lookup runs once per credential answer
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from itertools import chain
+from typing import NamedTuple
 
 from imds.containers.kinds import IMDS, endpoint_of
 from imds.creds.model import redact_key_id
@@ -22,8 +24,36 @@ from imds.ec2.answer import Header
 # (imds.containers.documents).
 _KEY_FIELD = b'"AccessKeyId" : "'
 _CONTAINER_KEY_FIELD = b'"AccessKeyId":"'
+# Every IMDS credential path holds this: one `in` rules out most answers.
+CREDENTIALS_PATH = "/meta-data/iam/security-credentials"
 # Keys remembered with their rotator; past it the lot is dropped and looked up again.
 _KNOWN_MAX = 1024
+
+
+class CredentialPath(NamedTuple):
+    """A request for one role's credential document."""
+
+    role: str
+    extended: bool
+
+
+# `/<version>/meta-data/iam/security-credentials[-extended]/<role>[/]` [C-03] [X-01] [R-08].
+_CREDENTIAL_PATH = re.compile(
+    r"/+[^/]+/+meta-data/+iam/+security-credentials(-extended)?/+([^/]+)/*")
+
+
+def credential_path(path: str) -> CredentialPath | None:
+    """The role whose credential document `path` asks for, or None for any other path."""
+    match = _CREDENTIAL_PATH.fullmatch(path)
+    if match is None:
+        return None
+    return CredentialPath(match[2], match[1] is not None)
+
+
+def imds_fetch(path: str, body: bytes) -> tuple[str, str, str] | None:
+    """(role, key hint, "imds") of an IMDS credential document (a 200), else None."""
+    target = credential_path(path)  # a role's document, not the listing
+    return None if target is None else (target.role, key_in(body), IMDS)
 
 
 def key_in(body: bytes) -> str:

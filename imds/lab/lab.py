@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from imds.config.options import LIFETIME_RANGE, REFRESH_AHEAD_RANGE
-from imds.containers.kinds import ENDPOINTS, IMDS
+from imds.containers.kinds import ENDPOINTS
 from imds.creds.model import Credentials, Rendered
 from imds.creds.rotation import RotationEvent, Rotator, effective_ahead
 from imds.creds.sources.base import CredentialSource, RoleIdentity
@@ -28,9 +28,9 @@ from imds.ec2 import wire as p
 from imds.ec2.answer import CONTAINER_PREFIXES, Header
 from imds.errors import FaultError, LabError, SourceError
 from imds.http.observer import Fetched, Handler, Respond
-from imds.lab.faults import Fault, Faults, credential_path
+from imds.lab.faults import Fault, Faults
 from imds.lab.faultspec import FaultSpec
-from imds.lab.fetches import Holders, container_fetch, key_in
+from imds.lab.fetches import CREDENTIALS_PATH, Holders, container_fetch, imds_fetch
 
 log = logging.getLogger("imds.lab")
 
@@ -43,7 +43,6 @@ MAX_COUNTED_PATHS = 2048
 OVERFLOW_PATH = "/…"
 # Source fetch latency buckets, seconds: a local mint is microseconds, STS ~0.1–1 s.
 FETCH_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_CREDENTIALS_PATH = "/meta-data/iam/security-credentials"
 
 
 def _no_header(name: str) -> str | None:
@@ -249,11 +248,8 @@ class Lab:
         """
         if status != 200 or body is None:
             return None
-        if _CREDENTIALS_PATH in path:
-            target = credential_path(path)  # a role's document, not the listing
-            if target is None:
-                return None
-            return target.role, key_in(body), IMDS
+        if CREDENTIALS_PATH in path:
+            return imds_fetch(path, body)
         if path.startswith(CONTAINER_PREFIXES):
             return container_fetch(path, query, header, body, self.holders)
         return None
