@@ -45,10 +45,6 @@ OVERFLOW_PATH = "/…"
 FETCH_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-def _no_header(name: str) -> str | None:
-    return None
-
-
 class ClientFetch(NamedTuple):
     """A client fetched a credential document: when, from where, which key (hint)."""
 
@@ -223,11 +219,14 @@ class Lab:
         Count one answer; remember a credential document's key for the timeline. The
         `request` is read only for a container path (which endpoint answered it).
         """
-        if request is not None and path.startswith(CONTAINER_PREFIXES):
-            fetched = self.fetched(path, status, body, request.headers.get,
-                                   request.rel_url.raw_query_string)
-        else:
-            fetched = self.fetched(path, status, body, _no_header)
+        # `fetched` inlined: this runs for every answer aiohttp sends.
+        fetched: Fetched = None
+        if status == 200 and body is not None:
+            if CREDENTIALS_PATH in path:
+                fetched = imds_fetch(path, body)
+            elif request is not None and path.startswith(CONTAINER_PREFIXES):
+                fetched = container_fetch(path, request.rel_url.raw_query_string,
+                                          request.headers.get, body, self.holders)
         self.record(path, status, client, fetched, applied)
 
     def _refused(self, request: web.BaseRequest, status: int, served: bytes) -> None:
