@@ -30,6 +30,7 @@ from typing import Any
 from imds.config import CONTROL_PORT
 from imds.config.instance import default_state_dir
 from imds.config.options import LIFETIME_RANGE, REFRESH_AHEAD_RANGE
+from imds.containers.kinds import ENDPOINTS
 from imds.errors import ConfigError, CtlError, ServerChoiceError
 from imds.instance import statedir
 from imds.lab.control import TOKEN_FILE, URL_FILE
@@ -81,11 +82,13 @@ class ControlClient:
     def rotate(self, role: str | None = None) -> dict[str, Any]:
         return self.request("POST", "/api/rotate", _role(role))  # type: ignore[no-any-return]
 
-    def expire(self, role: str | None = None) -> dict[str, Any]:
-        return self.request("POST", "/api/expire", _role(role))  # type: ignore[no-any-return]
+    def expire(self, role: str | None = None, endpoint: str | None = None) -> dict[str, Any]:
+        return self.request(  # type: ignore[no-any-return]
+            "POST", "/api/expire", _role(role) | _endpoint(endpoint))
 
-    def revoke(self, role: str | None = None) -> dict[str, Any]:
-        return self.request("POST", "/api/revoke", _role(role))  # type: ignore[no-any-return]
+    def revoke(self, role: str | None = None, endpoint: str | None = None) -> dict[str, Any]:
+        return self.request(  # type: ignore[no-any-return]
+            "POST", "/api/revoke", _role(role) | _endpoint(endpoint))
 
     def settings(self, **values: Any) -> dict[str, Any]:
         body = {k: v for k, v in values.items() if v is not None}
@@ -118,6 +121,16 @@ class ControlClient:
 
 def _role(role: str | None) -> dict[str, Any]:
     return {"role": role} if role else {}
+
+
+def _endpoint(endpoint: str | None) -> dict[str, Any]:
+    return {"endpoint": endpoint} if endpoint else {}
+
+
+def _endpoint_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", choices=ENDPOINTS,
+                        help="only the answers of this endpoint: IMDS, ECS task credentials "
+                             "or EKS Pod Identity (default: every endpoint)")
 
 
 def _read(path: Path) -> str:
@@ -218,6 +231,8 @@ def add_parser(sub: Any) -> None:
                                   "rotation")):
         action = actions.add_parser(name, help=text)
         action.add_argument("--role", help="a role of --role-map (default: the server's)")
+        if name != "rotate":
+            _endpoint_option(action)
     settings = actions.add_parser("set", help="change lifetime and refresh-ahead now")
     low, high = LIFETIME_RANGE
     settings.add_argument("--lifetime", type=int, metavar="SECONDS",
@@ -247,6 +262,7 @@ def add_parser(sub: Any) -> None:
     fault.add_argument("--mode", help=f"drop: {'|'.join(DROP_MODES)} (default: {DROP_MODES[0]}); "
                                       f"body: {'|'.join(BODY_MODES)} (default: {BODY_MODES[0]})")
     fault.add_argument("--id", help="with clear: only this fault (default: all)")
+    _endpoint_option(fault)
     task = actions.add_parser(
         "ecs-task", help="the ECS task ids served at /v2/credentials/ID: `ecs-task list`, "
                          "`ecs-task add ID ROLE`, `ecs-task remove ID`")
@@ -298,8 +314,10 @@ def _dispatch(client: ControlClient, args: argparse.Namespace) -> Any:
     action = args.action
     if action == "status":
         return client.status()
-    if action in ("rotate", "expire", "revoke"):
-        return getattr(client, action)(args.role)
+    if action == "rotate":
+        return client.rotate(args.role)
+    if action in ("expire", "revoke"):
+        return getattr(client, action)(args.role, args.endpoint)
     if action == "set":
         if args.lifetime is None and args.refresh_ahead is None:
             raise CtlError("set: give --lifetime and/or --refresh-ahead")
@@ -312,7 +330,7 @@ def _dispatch(client: ControlClient, args: argparse.Namespace) -> Any:
             return client.clear_faults(args.id)
         return client.add_fault(kind=args.kind, paths=args.path, count=args.count,
                                 duration=args.duration, status=args.status,
-                                delay=args.delay, mode=args.mode)
+                                delay=args.delay, mode=args.mode, endpoint=args.endpoint)
     if action == "ecs-task":
         if args.verb == "list":
             return client.ecs_tasks()
@@ -334,6 +352,8 @@ def _fault_line(f: Mapping[str, Any]) -> str:
     what = " ".join(str(x) for x in (f["kind"], f.get("status", ""), f.get("mode", ""),
                                      f"{f['delay']}s" if "delay" in f else "") if x)
     where = " ".join(f["paths"]) or (f"key {f['key']}" if f.get("key") else "")
+    if f.get("endpoint"):
+        where = f"{where} at {f['endpoint']}".lstrip()
     if f.get("ended"):
         left = f"ended ({f['end_reason']})"
     elif f.get("remaining") is not None:
@@ -389,7 +409,8 @@ def _human(action: str, result: Any) -> str:
         fetches = result["fetches"][-5:]
         if fetches:
             lines.append("recent credential fetches:")
-            lines += [f"  {_when(f['at'])}  {f['client']}  {f['role']}  {f['key'] or 'no key'}"
+            lines += [f"  {_when(f['at'])}  {f.get('endpoint', 'imds'):<12}  {f['client']}  "
+                      f"{f['role'] or '?'}  {f['key'] or 'no key'}"
                       + (f"  ({f['fault']})" if f["fault"] else "") for f in fetches]
         return "\n".join(lines)
     if action == "ecs-task":

@@ -129,6 +129,8 @@ async def start(
     # sessions are not the lab's roles (their names repeat the role's).
     pool = RotatorPool(make_rotator,
                        started=lambda key, r: None if key.tags else lab.attach(r))
+    # The lab still names their role in the fetches they serve (imds.lab.fetches).
+    lab.holders.sessions = lambda: pool.rotators().values()
     own = rolemap.own_role(config)
     pool.add(RoleKey(own), rotator)
     routes = None

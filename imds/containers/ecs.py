@@ -43,6 +43,8 @@ _UNINITIALIZED = {
     "v2": ecs_error(503, "CredentialsUninitialized",
                     "CredentialsV2Request: Credentials uninitialized for ID"),
 }
+# Also what the rotation lab's `revoked` fault answers here (imds.lab.containerdocs).
+UNINITIALIZED = _UNINITIALIZED
 # Not the ECS agent's (it checks no token): the full-URI flow's, shaped like its errors so
 # every SDK shows code and message [K-09].
 _NO_TOKEN = ecs_error(401, "MissingAuthorizationToken",

@@ -1,18 +1,14 @@
 """
-Which container endpoint a request is for, on the listeners IMDS shares with them.
-
-`/v2/credentials/<id>` is ECS's. `/v1/credentials` is both ECS's legacy form (with `?id=`)
-[K-01] and the EKS Pod Identity agent's (no query; a service account token) [K-06]: a request
-with an `id`, or sent to ECS's own address, is ECS's; every other one is a pod's.
+The container endpoints beside IMDS: each request goes to ECS's or the EKS Pod Identity
+agent's, as imds.containers.kinds tells them apart.
 """
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
-
 from imds.containers.documents import plain_error
-from imds.containers.ecs import V2_PREFIX, EcsEndpoint, is_relative_flow
-from imds.containers.podidentity import PATH, PodIdentityEndpoint
+from imds.containers.ecs import EcsEndpoint
+from imds.containers.kinds import ECS, IMDS, endpoint_of
+from imds.containers.podidentity import PodIdentityEndpoint
 from imds.ec2.answer import Header, Reply
 
 _GET_HEAD = frozenset({"GET", "HEAD"})
@@ -29,17 +25,11 @@ class ContainerEndpoints:
         self.pods = pods
 
     def answer(self, method: str, path: str, query: str, header: Header) -> Reply | None:
-        if path.startswith(V2_PREFIX):
-            if path != V2_PREFIX and path[len(V2_PREFIX)] != "/":
-                return None  # `/v2/credentialsX`: not ours
-            ecs = True
-        elif path == PATH:
-            asked = bool(query) and "id" in parse_qs(query, keep_blank_values=True)
-            ecs = asked or is_relative_flow(header)
-        else:
+        endpoint = endpoint_of(path, query, header)
+        if endpoint == IMDS:
             return None
         if method not in _GET_HEAD:
             return _NOT_ALLOWED
-        if ecs:
+        if endpoint == ECS:
             return self.ecs.answer(path, query, header)
         return self.pods.answer(header)

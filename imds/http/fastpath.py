@@ -189,7 +189,7 @@ class Wire:
         lab = state.lab
         fetched = None
         if lab is not None:
-            fetched = lab.fetched(path, reply.status, reply.body)
+            fetched = lab.fetched(path, reply.status, reply.body, headers.get)
             lab.answered(path, reply.status, remote, fetched, False)
         if reply.found is not None and method == "GET":
             self.keep(data, Kept(remote, response, reply.found, reply.until, self.second,

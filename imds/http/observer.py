@@ -14,11 +14,14 @@ from typing import Protocol
 
 from aiohttp import web
 
+from imds.ec2.answer import Header
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Builds an EC2-shaped response with the server's common headers: (status, body).
 Respond = Callable[..., web.StreamResponse]
-# What a credential document answered: (role, key hint), worked out once per answer.
-Fetched = tuple[str, str] | None
+# What a credential document answered: (role, key hint, endpoint: imds, ecs or
+# pod-identity), worked out once per answer.
+Fetched = tuple[str, str, str] | None
 
 
 class Observer(Protocol):
@@ -33,8 +36,12 @@ class Observer(Protocol):
         """aiohttp's handler with faults around it; it reports each answer itself."""
         ...
 
-    def fetched(self, path: str, status: int, body: bytes | None) -> Fetched:
-        """The credential document an answer carries, if any (kept with kept answers)."""
+    def fetched(self, path: str, status: int, body: bytes | None, header: Header) -> Fetched:
+        """
+        The credential document an answer carries, if any (kept with kept answers);
+        `header` tells the endpoint of a container path (its Host; the fast path's
+        requests have no query).
+        """
         ...
 
     def answered(self, path: str, status: int, client: str, fetched: Fetched,

@@ -18,11 +18,15 @@ it (no CSRF, unlike a cookie).
     GET    /                      the live timeline (HTML, also /timeline)
     GET    /api/status            state, history, faults, client fetches (JSON)
     POST   /api/rotate            new credentials now            {"role"?}
-    POST   /api/expire            serve the current keys as expired [L-04]   {"role"?}
-    POST   /api/revoke            stop serving the current keys [C-06]       {"role"?}
+    POST   /api/expire            serve the current keys as expired [L-04]   {"role"?, "endpoint"?}
+    POST   /api/revoke            stop serving the current keys [C-06]       {"role"?, "endpoint"?}
     POST   /api/settings          {"lifetime"?, "refresh_ahead"?, "role"?}
     GET    /api/faults            active faults
     POST   /api/faults            inject one (imds.lab.faultspec.FaultSpec as JSON)
+
+Faults, `expire` and `revoke` act on every endpoint that serves a role: IMDS, ECS task
+credentials and EKS Pod Identity; `"endpoint": "imds" | "ecs" | "pod-identity"` aims one at
+that endpoint alone (imds.containers.kinds). `role` names a role as `/api/status` lists it.
     DELETE /api/faults[/{id}]     clear all, or one
     GET    /metrics               Prometheus text
 """
@@ -208,6 +212,16 @@ def _role(data: dict[str, Any]) -> str | None:
     return role
 
 
+def _endpoint(data: dict[str, Any]) -> str | None:
+    unknown = set(data) - {"role", "endpoint"}
+    if unknown:
+        raise LabError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    endpoint = data.get("endpoint")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise LabError("endpoint: expected imds, ecs or pod-identity")
+    return endpoint
+
+
 def _seconds(data: dict[str, Any], key: str, low: int, high: int) -> float | None:
     value = data.get(key)
     if value is None:
@@ -238,12 +252,12 @@ async def _rotate(request: web.Request) -> web.Response:
 
 async def _expire(request: web.Request) -> web.Response:
     data = await _body(request)
-    return _json(request.app[LAB].expire(_role(data)).describe(), 201)
+    return _json(request.app[LAB].expire(_role(data), _endpoint(data)).describe(), 201)
 
 
 async def _revoke(request: web.Request) -> web.Response:
     data = await _body(request)
-    return _json(request.app[LAB].revoke(_role(data)).describe(), 201)
+    return _json(request.app[LAB].revoke(_role(data), _endpoint(data)).describe(), 201)
 
 
 async def _settings(request: web.Request) -> web.Response:

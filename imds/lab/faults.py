@@ -13,6 +13,10 @@ Faults injected on purpose, so a client can be tested against a broken IMDS [§1
     revoked   EC2's "cannot assume the role" document, no keys      [C-06]
     body      200 with an empty or truncated body                   [S-PY-04] [S-JS-11]
 
+Every kind but `token` and `source` acts on all three endpoints (imds.containers.kinds) unless
+its `endpoint` names one: `expired` and `revoked` rewrite the ECS and Pod Identity documents
+of the role as each of those endpoints would (imds.lab.containerdocs).
+
 A fault lasts for a number of requests (`count`), a number of seconds (`duration`), both
 (whichever ends first), or until it is cleared. `expire` and `revoke` in the control API
 are `expired` and `revoked` faults *bound* to the current credentials: they end when the
@@ -27,29 +31,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import http
 import itertools
 import logging
-import re
 import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from aiohttp import web
 
-from imds.creds.model import Rendered, credential_document, unauthorized_document
+from imds.containers.kinds import IMDS, endpoint_of
+from imds.creds.model import Credentials, Rendered, credential_document, unauthorized_document
 from imds.creds.rotation import Rotator
 from imds.ec2 import wire as p
+from imds.ec2.answer import CONTAINER_PREFIXES
 from imds.ec2.wire import from_epoch
 from imds.http.observer import Respond
+from imds.lab.containerdocs import expired_body, revoked_reply, rewrite
 from imds.lab.faultspec import (
     AFTER,
     BEFORE,
     FaultSpec,
     path_matcher,
 )
+from imds.lab.fetches import Holders, container_key, credential_path
 from imds.logs import printable
 
 log = logging.getLogger("imds.faults")
@@ -79,6 +87,7 @@ class Fault:
         self.id = fault_id
         self.spec = spec
         self.kind = spec.kind
+        self.endpoint = spec.endpoint
         self.created = now
         self.until = now + spec.duration if spec.duration is not None else None
         self.remaining = spec.count
@@ -88,26 +97,46 @@ class Fault:
         self.ended: float | None = None
         self.end_reason = ""
         self._matchers = tuple(path_matcher(x) for x in spec.paths)
-        self._rendered: dict[tuple[int, bool], bytes] = {}
+        self._rendered: dict[tuple[int, str], bytes] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def matches(self, path: str) -> bool:
         return not self._matchers or any(m(path) for m in self._matchers)
 
-    def expired_document(self, current: Rendered, extended: bool, account_id: str) -> bytes:
+    def stated_expiry(self, creds: Credentials) -> dt.datetime:
         """
-        The current keys stating an `Expiration` already past [L-04]: the moment the fault
-        began (never before the keys were issued), or their own if that came first.
+        An `Expiration` already past [L-04]: the moment the fault began (never before the
+        keys were issued), or their own if that came first.
         """
-        key = (id(current), extended)
+        return min(creds.expiration, max(creds.issued, from_epoch(self.created)))
+
+    def _cached(self, key: tuple[int, str], render: Callable[[], bytes]) -> bytes:
         body = self._rendered.get(key)
         if body is None:
-            creds = current.credentials
-            stated = min(creds.expiration, max(creds.issued, from_epoch(self.created)))
-            body = credential_document(dataclasses.replace(creds, expiration=stated),
-                                       account_id if extended else None)
-            self._rendered = {key: body}  # one generation at a time
+            body = render()
+            if any(k[0] != key[0] for k in self._rendered):
+                self._rendered = {}  # one generation at a time, a document per endpoint
+            self._rendered[key] = body
         return body
+
+    def expired_document(self, current: Rendered, extended: bool, account_id: str) -> bytes:
+        """The current keys in EC2's document, stating an `Expiration` already past."""
+        creds = current.credentials
+
+        def render() -> bytes:
+            late = dataclasses.replace(creds, expiration=self.stated_expiry(creds))
+            return credential_document(late, account_id if extended else None)
+
+        return self._cached((id(current), "extended" if extended else IMDS), render)
+
+    def expired_container_document(self, current: Rendered, endpoint: str,
+                                   served: bytes) -> bytes:
+        """The same for a container endpoint's document `served` (imds.lab.containerdocs)."""
+        creds = current.credentials
+        # One rotator serves one role, so one document per endpoint (imds.creds.pool).
+        return self._cached((id(current), endpoint),
+                            lambda: expired_body(creds, self.stated_expiry(creds), endpoint,
+                                                 served))
 
     def describe(self) -> dict[str, Any]:
         spec = self.spec
@@ -116,7 +145,7 @@ class Fault:
             "until": self.until, "count": spec.count, "remaining": self.remaining,
             "hits": self.hits, "ended": self.ended, "end_reason": self.end_reason,
         }
-        for name in ("status", "delay", "mode"):
+        for name in ("status", "delay", "mode", "endpoint"):
             value = getattr(spec, name)
             if value is not None:
                 out[name] = value
@@ -138,6 +167,8 @@ class Fault:
         if spec.paths:
             # Logged when the fault is added: the paths are the control client's text.
             parts.append("on " + printable(",".join(spec.paths)))
+        if spec.endpoint is not None:
+            parts.append(f"at {spec.endpoint}")
         if self.bound is not None:
             parts.append(f"for key {self.bound[1].credentials.key_hint}")
         if spec.count is not None:
@@ -145,26 +176,6 @@ class Fault:
         if spec.duration is not None:
             parts.append(f"for {spec.duration:g}s")
         return " ".join(parts)
-
-
-class CredentialPath(NamedTuple):
-    """A request for one role's credential document."""
-
-    role: str
-    extended: bool
-
-
-# `/<version>/meta-data/iam/security-credentials[-extended]/<role>[/]` [C-03] [X-01] [R-08].
-_CREDENTIAL_PATH = re.compile(
-    r"/+[^/]+/+meta-data/+iam/+security-credentials(-extended)?/+([^/]+)/*")
-
-
-def credential_path(path: str) -> CredentialPath | None:
-    """The role whose credential document `path` asks for, or None for any other path."""
-    match = _CREDENTIAL_PATH.fullmatch(path)
-    if match is None:
-        return None
-    return CredentialPath(match[2], match[1] is not None)
 
 
 class Faults:
@@ -265,6 +276,7 @@ class Faults:
     ) -> web.StreamResponse | None:
         """An answer that replaces the real one, or None to handle the request (maybe late)."""
         path = request.path
+        endpoint = ""  # worked out for the first fault aimed at one endpoint
         for fault in self.before:
             kind = fault.kind
             if kind == "token":
@@ -272,6 +284,11 @@ class Faults:
                     continue
             elif not fault.matches(path):
                 continue
+            if fault.endpoint is not None:
+                endpoint = endpoint or endpoint_of(path, request.rel_url.raw_query_string,
+                                                   request.headers.get)
+                if endpoint != fault.endpoint:
+                    continue
             if not self._live(fault):
                 continue
             self._use(fault)
@@ -293,13 +310,23 @@ class Faults:
         request: web.BaseRequest,
         response: web.StreamResponse,
         rotators: Mapping[str, Rotator],
+        holders: Holders,
     ) -> str:
         """Rewrite a 200 the way the active faults say; returns the kind applied, or ""."""
         if response.status != 200 or not isinstance(response, web.Response):
             return ""
         path = request.path
+        endpoint = IMDS
+        if path.startswith(CONTAINER_PREFIXES):
+            endpoint = endpoint_of(path, request.rel_url.raw_query_string, request.headers.get)
         for fault in self.after:
             kind = fault.kind
+            if fault.endpoint is not None and fault.endpoint != endpoint:
+                continue
+            if endpoint != IMDS and kind != "body":
+                if self._container(fault, response, endpoint, path, holders):
+                    return kind
+                continue
             if kind == "body":
                 if not fault.matches(path) or not self._live(fault):
                     continue
@@ -325,6 +352,29 @@ class Faults:
             self._use(fault)
             return kind
         return ""
+
+    def _container(self, fault: Fault, response: web.Response, endpoint: str, path: str,
+                   holders: Holders) -> bool:
+        """`expired` or `revoked` on a container endpoint's credential document."""
+        body = response.body
+        assert isinstance(body, bytes)
+        key = container_key(body)
+        if key is None:
+            return False
+        if fault.bound is not None:
+            current: Rendered | None = fault.bound[1]
+        else:
+            holder = holders.of(key)
+            current = holder.current if holder is not None else None
+        if (current is None or current.credentials.access_key_id != key
+                or not self._live(fault)):
+            return False
+        if fault.kind == "revoked":
+            rewrite(response, revoked_reply(endpoint, path, fault.id))
+        else:
+            response.body = fault.expired_container_document(current, endpoint, body)
+        self._use(fault)
+        return True
 
 
 def _drop(request: web.BaseRequest, mode: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from imds.containers.kinds import ENDPOINTS
 from imds.errors import FaultError
 
 # Faults answered before the request is handled (they stand for the network or a
@@ -41,6 +42,8 @@ class FaultSpec:
     status: int | None = None
     delay: float | None = None
     mode: str | None = None
+    # One endpoint the fault is aimed at (imds.containers.kinds); None: every endpoint.
+    endpoint: str | None = None
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> FaultSpec:
@@ -59,6 +62,16 @@ class FaultSpec:
             raise FaultError("paths: expected paths or globs starting with '/'")
         if raw_paths and kind in FIXED_TARGET:
             raise FaultError(f"paths: a {kind} fault has a fixed target; give no paths")
+        endpoint = data.get("endpoint")
+        if endpoint is not None and endpoint not in ENDPOINTS:
+            raise FaultError(f"endpoint: expected one of {', '.join(ENDPOINTS)}, "
+                             f"got {endpoint!r}")
+        if endpoint not in (None, "imds") and kind == "token":
+            # The token PUT is IMDS's alone [T-01]; the container endpoints take no token.
+            raise FaultError(f"endpoint: a token fault is IMDS's, not {endpoint}'s")
+        if endpoint is not None and kind == "source":
+            raise FaultError("endpoint: a source fault stops the rotation every endpoint "
+                             "shares; give no endpoint")
         spec = cls(
             kind=kind,
             paths=tuple(raw_paths),
@@ -67,6 +80,7 @@ class FaultSpec:
             status=_number(data, "status", int, 400, 599),
             delay=_number(data, "delay", float, 0.0, MAX_DELAY),
             mode=data.get("mode"),
+            endpoint=endpoint,
         )
         return spec._checked()
 

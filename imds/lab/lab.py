@@ -20,14 +20,17 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from imds.config.options import LIFETIME_RANGE, REFRESH_AHEAD_RANGE
-from imds.creds.model import Credentials, Rendered, redact_key_id
+from imds.containers.kinds import ENDPOINTS
+from imds.creds.model import Credentials, Rendered
 from imds.creds.rotation import RotationEvent, Rotator, effective_ahead
 from imds.creds.sources.base import CredentialSource, RoleIdentity
 from imds.ec2 import wire as p
-from imds.errors import LabError, SourceError
-from imds.http.observer import Handler, Respond
-from imds.lab.faults import Fault, Faults, credential_path
+from imds.ec2.answer import CONTAINER_PREFIXES, Header
+from imds.errors import FaultError, LabError, SourceError
+from imds.http.observer import Fetched, Handler, Respond
+from imds.lab.faults import Fault, Faults
 from imds.lab.faultspec import FaultSpec
+from imds.lab.fetches import CREDENTIALS_PATH, Holders, container_fetch, imds_fetch
 
 log = logging.getLogger("imds.lab")
 
@@ -40,8 +43,6 @@ MAX_COUNTED_PATHS = 2048
 OVERFLOW_PATH = "/…"
 # Source fetch latency buckets, seconds: a local mint is microseconds, STS ~0.1–1 s.
 FETCH_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_KEY_FIELD = b'"AccessKeyId" : "'
-_CREDENTIALS_PATH = "/meta-data/iam/security-credentials"
 
 
 class ClientFetch(NamedTuple):
@@ -53,6 +54,8 @@ class ClientFetch(NamedTuple):
     key: str
     # "" as served; "expired" or "revoked" when a fault rewrote it; "body" when broken.
     fault: str
+    # Which endpoint served it: imds, ecs or pod-identity (imds.containers.kinds).
+    endpoint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,17 +125,6 @@ class WatchedSource:
         return creds
 
 
-def key_in(body: bytes) -> str:
-    """The key hint of a credential document, "" for one without keys [C-06]."""
-    at = body.find(_KEY_FIELD)
-    if at < 0:
-        return ""
-    start = at + len(_KEY_FIELD)
-    end = body.find(b'"', start)
-    # Only the last four characters are ever decoded (redact_key_id's rule).
-    return redact_key_id(body[max(start, end - 4):end].decode("ascii", "replace"))
-
-
 class Lab:
     """State and actions of the rotation lab for one server."""
 
@@ -147,6 +139,9 @@ class Lab:
         self.requests: dict[tuple[str, int | str], int] = {}
         self.tokens_issued = 0
         self.credential_fetches = 0
+        self.fetches_by_endpoint = dict.fromkeys(ENDPOINTS, 0)
+        # Which rotator holds a key, for the container answers (imds.lab.fetches).
+        self.holders = Holders(self.rotators)
         # How metadata requests were answered (imds.http.fastpath): worked out on the fast path,
         # sent again as kept, or handed to aiohttp (odd requests, faults injected).
         self.fast_answered = 0
@@ -195,10 +190,19 @@ class Lab:
                     self._count(request.path, "dropped" if dropped else early.status)
                     return early
             response = await handle(request)
-            applied = faults.apply_after(request, response, self.rotators) if faults.after else ""
+            applied = ""
+            if faults.after:
+                served = response.body if isinstance(response, web.Response) else None
+                applied = faults.apply_after(request, response, self.rotators, self.holders)
+                if applied == "revoked" and response.status != 200 \
+                        and isinstance(served, bytes):
+                    # A container endpoint's refusal (imds.lab.containerdocs): the client
+                    # still asked for that document, and got no key.
+                    self._refused(request, response.status, served)
+                    return response
             body = response.body if isinstance(response, web.Response) else None
             observe(request.path, response.status, request.remote or "",
-                    body if isinstance(body, bytes) else None, applied)
+                    body if isinstance(body, bytes) else None, applied, request)
             return response
 
         return observed
@@ -210,22 +214,47 @@ class Lab:
         return bool(faults.before or faults.after)
 
     def observe(self, path: str, status: int, client: str, body: bytes | None,
-                applied: str = "") -> None:
-        """Count one answer; remember a credential document's key for the timeline."""
-        self.record(path, status, client, self.fetched(path, status, body), applied)
+                applied: str = "", request: web.BaseRequest | None = None) -> None:
+        """
+        Count one answer; remember a credential document's key for the timeline. The
+        `request` is read only for a container path (which endpoint answered it).
+        """
+        # `fetched` inlined: this runs for every answer aiohttp sends.
+        fetched: Fetched = None
+        if status == 200 and body is not None:
+            if CREDENTIALS_PATH in path:
+                fetched = imds_fetch(path, body)
+            elif request is not None and path.startswith(CONTAINER_PREFIXES):
+                fetched = container_fetch(path, request.rel_url.raw_query_string,
+                                          request.headers.get, body, self.holders)
+        self.record(path, status, client, fetched, applied)
 
-    @staticmethod
-    def fetched(path: str, status: int, body: bytes | None) -> tuple[str, str] | None:
-        """The role and key hint of a credential document answered for `path`, else None."""
-        if status != 200 or body is None or _CREDENTIALS_PATH not in path:
-            return None
-        target = credential_path(path)  # a role's document, not the listing
-        if target is None:
-            return None
-        return target.role, key_in(body)
+    def _refused(self, request: web.BaseRequest, status: int, served: bytes) -> None:
+        """A fetch a `revoked` fault refused: the role and endpoint of what was `served`."""
+        path = request.path
+        fetched = self.fetched(path, 200, served, request.headers.get,
+                               request.rel_url.raw_query_string)
+        if fetched is not None:
+            fetched = (fetched[0], "", fetched[2])  # no key handed out
+        self.record(path, status, request.remote or "", fetched, "revoked")
 
-    def answered(self, path: str, status: int, client: str,
-                 fetched: tuple[str, str] | None, kept: bool) -> None:
+    def fetched(self, path: str, status: int, body: bytes | None, header: Header,
+                query: str = "") -> Fetched:
+        """
+        The role, key hint and endpoint of a credential document answered for `path`, else
+        None. `header` and `query` are read only for a container path's 200 (which of the
+        endpoints answered it, imds.containers.kinds).
+        """
+        if status != 200 or body is None:
+            return None
+        if CREDENTIALS_PATH in path:
+            return imds_fetch(path, body)
+        if path.startswith(CONTAINER_PREFIXES):
+            return container_fetch(path, query, header, body, self.holders)
+        return None
+
+    def answered(self, path: str, status: int, client: str, fetched: Fetched,
+                 kept: bool) -> None:
         """One answer the fast path sent (imds.http.observer.Observer.answered)."""
         if kept:
             self.fast_kept += 1
@@ -237,8 +266,8 @@ class Lab:
         """A fast-path connection went to aiohttp (imds.http.observer.Observer)."""
         self.handovers += 1
 
-    def record(self, path: str, status: int, client: str,
-               fetched: tuple[str, str] | None, applied: str = "") -> None:
+    def record(self, path: str, status: int, client: str, fetched: Fetched,
+               applied: str = "") -> None:
         """`observe` with `fetched` worked out already (imds.http.fastpath keeps it)."""
         # Once per answer, kept ones included (imds.http.fastpath): the common case, a path
         # and status counted before, is done here without a call.
@@ -254,14 +283,15 @@ class Lab:
                 self.tokens_issued += 1
             return
         self.credential_fetches += 1
+        role, hint, endpoint = fetched
+        self.fetches_by_endpoint[endpoint] += 1
         # A named tuple's own __new__ is a Python function; tuple.__new__ builds the same
         # object in C, in half the time.
-        fetch = _new_tuple(ClientFetch, (self.clock(), client, fetched[0], fetched[1],
-                                         applied))
+        fetch = _new_tuple(ClientFetch, (self.clock(), client, role, hint, applied, endpoint))
         self.fetches.append(fetch)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("client %s fetched role %s: key %s%s", fetch.client, fetch.role,
-                      fetch.key or "(none)", f" ({applied})" if applied else "")
+            log.debug("client %s fetched role %s from %s: key %s%s", client, role, endpoint,
+                      hint or "(none)", f" ({applied})" if applied else "")
 
     def _count(self, path: str, status: int | str) -> None:
         key = (path, status)
@@ -299,27 +329,33 @@ class Lab:
         self._event("rotate", rendered.credentials.key_hint)
         return rendered
 
-    def expire(self, role: str | None = None) -> Fault:
+    def expire(self, role: str | None = None, endpoint: str | None = None) -> Fault:
         """
         Serve the current keys as already expired [L-04] until the rotator replaces them:
-        what IMDS does when it cannot refresh, and what static stability is for.
+        what IMDS does when it cannot refresh, and what static stability is for. On every
+        endpoint that serves the role, or on `endpoint` only.
         """
-        return self._bound("expired", role)
+        return self._bound("expired", role, endpoint)
 
-    def revoke(self, role: str | None = None) -> Fault:
+    def revoke(self, role: str | None = None, endpoint: str | None = None) -> Fault:
         """
         Stop serving the current keys: the credential document becomes EC2's "cannot assume
-        the role" answer [C-06] until the rotator replaces them (at its next refresh, or now
-        with `rotate`). Keys already handed out are not recalled [L-05].
+        the role" answer [C-06] (the container endpoints' own, imds.lab.containerdocs) until the
+        rotator replaces them (at its next refresh, or now with `rotate`). Keys already
+        handed out are not recalled [L-05].
         """
-        return self._bound("revoked", role)
+        return self._bound("revoked", role, endpoint)
 
-    def _bound(self, kind: str, role: str | None) -> Fault:
+    def _bound(self, kind: str, role: str | None, endpoint: str | None) -> Fault:
+        try:
+            spec = FaultSpec.parse({"kind": kind, "endpoint": endpoint})
+        except FaultError as exc:
+            raise LabError(str(exc)) from None
         rotator = self.rotator(role)
         current = rotator.current
         if current is None:
             raise LabError("no credentials to act on yet", 409)
-        fault = self.faults.add(FaultSpec(kind), bound=(rotator, current))
+        fault = self.faults.add(spec, bound=(rotator, current))
         self._event(kind, current.credentials.key_hint)
         return fault
 
@@ -412,7 +448,7 @@ class Lab:
             "fault_history": [f.describe() for f in self.faults.history],
             "fetches": [
                 {"at": f.at, "client": f.client, "role": f.role, "key": f.key,
-                 "fault": f.fault}
+                 "fault": f.fault, "endpoint": f.endpoint}
                 for f in self.fetches
             ],
             "events": [{"at": e.at, "what": e.what, "detail": e.detail} for e in self.events],

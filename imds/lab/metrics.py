@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from imds.containers.ecs import V1_PATH, V2_PREFIX
 from imds.ec2.wire import VERSIONS
 from imds.lab.lab import Lab
 
@@ -43,6 +44,16 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 def path_label(path: str) -> str:
     """A bounded label for a request path."""
+    if path == V1_PATH:
+        # ECS's legacy path and Pod Identity's both [K-01] [K-06]: imds_credential_fetches
+        # tells them apart.
+        return V1_PATH
+    if path.startswith(V2_PREFIX):
+        tail = path[len(V2_PREFIX):]
+        if tail in ("", "/"):
+            return V2_PREFIX + "/"
+        if tail[0] == "/":
+            return V2_PREFIX + "/{id}"  # an ECS task id [K-01]
     parts = [s for s in path.split("/") if s]
     if not parts:
         return "/"
@@ -88,7 +99,8 @@ class LabCollector:
     def collect(self) -> Iterator[Metric]:
         lab = self._lab
         requests = CounterMetricFamily(
-            "imds_requests", "Metadata requests answered, by normalised path and status",
+            "imds_requests", "Requests answered (IMDS and the container endpoints), by "
+            "normalised path and status",
             labels=["path", "status"])
         totals: Counter[tuple[str, str]] = Counter()
         for (path, status), count in list(lab.requests.items()):
@@ -99,9 +111,12 @@ class LabCollector:
 
         yield CounterMetricFamily("imds_tokens_issued", "IMDSv2 session tokens issued",
                                   value=lab.tokens_issued)
-        yield CounterMetricFamily(
-            "imds_credential_fetches", "Credential documents served to clients",
-            value=lab.credential_fetches)
+        fetches = CounterMetricFamily(
+            "imds_credential_fetches", "Credential documents served to clients, by the "
+            "endpoint that served them (imds, ecs, pod-identity)", labels=["endpoint"])
+        for endpoint, count in lab.fetches_by_endpoint.items():
+            fetches.add_metric([endpoint], count)
+        yield fetches
         paths = CounterMetricFamily(
             "imds_fast_path", "Metadata requests the fast path answered (worked out, or "
             "kept from an identical request) and connections it handed to aiohttp",

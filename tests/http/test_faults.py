@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from imds.errors import FaultError
-from imds.lab.faults import credential_path
 from imds.lab.faultspec import FaultSpec
+from imds.lab.fetches import credential_path
 from imds.server import Running
 from tests.conftest import ServerFactory
 from tests.support import rawhttp
