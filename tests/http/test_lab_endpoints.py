@@ -25,7 +25,6 @@ from tests.http.test_container_endpoints import (
     TOKEN,
     fetch,
     pod_token,
-    sts,  # noqa: F401 (a fixture)
 )
 from tests.http.test_metrics import scrape
 from tests.support.labutil import CREDENTIALS, ControlAPI, get, token
@@ -244,7 +243,7 @@ class TestFetchesByEndpoint:
         assert all(len(f["key"]) < 16 for f in fetches)  # hints, never whole key ids
 
     async def test_a_pods_own_sts_session_is_named_by_its_role(
-        self, imds_factory: ServerFactory, http: aiohttp.ClientSession, sts: StsProxy  # noqa: F811
+        self, imds_factory: ServerFactory, http: aiohttp.ClientSession, sts: StsProxy
     ) -> None:
         role = "arn:aws:iam::111122223333:role/pods"
         running = await imds_factory(pod_identity_association=[f"shop/web={role}"],
