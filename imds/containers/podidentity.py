@@ -203,6 +203,27 @@ class PodIdentityEndpoint:
         return Reply(200, found.body, found.content_type, found=found,
                      until=claims.expires_at)
 
+    @property
+    def associations(self) -> Mapping[tuple[str, str], str] | None:
+        return self._associations
+
+    async def associate(self, associations: Mapping[tuple[str, str], str]) -> None:
+        """
+        Put new associations in force (`--pod-identity-associations` reloaded,
+        imds.config.watch). Roles minted locally are primed first, as at startup; then one
+        assignment swaps the table, and every document served so far is retired, so the
+        fast path stops sending an answer kept under the old associations. Raises
+        SourceError, the old ones still in force, when a new role gets no credentials.
+        """
+        for role in set(associations.values()):
+            if not role.startswith("arn:"):
+                await self._pool.ensure(RoleKey(role))
+        served = list(self._served.values())
+        self._associations = dict(associations)
+        self._served = {}
+        for old in served:
+            old.retire()
+
     async def prepare(self, key: RoleKey) -> None:
         """Start the rotation `key` names; a failure is answered from the pool."""
         with contextlib.suppress(SourceError):
