@@ -84,6 +84,8 @@ class Running:
     pool: RotatorPool | None = None
     containers: ContainerEndpoints | None = None
     ecs_task: str = ""
+    # The role map and associations files, read again when they change (imds.config.watch).
+    watch: FileWatch | None = None
 
     async def stop(self, hurry: asyncio.Event | None = None) -> None:
         """
@@ -188,7 +190,7 @@ async def start(
             raise
     return Running(runner, _url(runner), rotator, signer, config, urls=urls(runner),
                    routes=routes, lab=lab, control=control, pool=pool,
-                   containers=containers, ecs_task=ecs_task)
+                   containers=containers, ecs_task=ecs_task, watch=watch)
 
 
 def _map_reload(path: str, routes: rolemap.Routes, pool: RotatorPool,
