@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from imds.config import load
 from imds.config.watch import INVALID, MISSING, OK, UNAVAILABLE
@@ -29,6 +30,7 @@ from imds.creds.pool import RoleKey
 from imds.errors import ConfigError
 from imds.server import Running
 from tests.conftest import ServerFactory
+from tests.support.labutil import ControlAPI
 from tests.support.polling import just_after_a_second_turns, until
 from tests.support.sts_support import StsProxy
 
@@ -284,6 +286,27 @@ class TestRoleMapReload:
         assert len(answers) > 50
         assert {200} == {status for status, _ in answers}
         assert {"role-x", "role-y"} == {role for _, role in answers}
+
+
+    async def test_reloads_are_counted_on_metrics_by_file_and_result(
+        self, imds_factory: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path,
+    ) -> None:
+        path = tmp_path / "roles.toml"
+        path.write_text(role_map(**{"127.0.0.2": "role-b"}))
+        running = await imds_factory(role_map=str(path), reload_interval="0")
+        assert running.watch is not None
+        for text in ("[clients\n", role_map(**{"127.0.0.2": "role-c"})):
+            path.write_text(text)
+            await running.watch.check()
+        path.unlink()
+        await running.watch.check()
+        status, text = await ControlAPI(http, running).call("GET", "/metrics")
+        assert 200 == status
+        counted = {tuple(sorted(sample.labels.items())): sample.value
+                   for family in text_string_to_metric_families(text)
+                   for sample in family.samples if sample.name == "imds_config_reloads_total"}
+        assert {(("file", "role_map"), ("result", result)): 1.0
+                for result in (OK, INVALID, MISSING)} == counted
 
 
 class TestPrimingNewRoles:
