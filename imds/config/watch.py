@@ -2,13 +2,15 @@
 Files a setting names, read again when they change: the role map and the Pod Identity
 associations, as a Kubernetes ConfigMap volume updates them in place.
 
-kubelet never rewrites a mounted file: it writes the new version into a fresh timestamped
-directory and swaps a `..data` symlink to it, so the path keeps its name while its target,
-inode and content change, and the mtime seen through the link may even go back. So the
-watch reads the content itself, through the path as any reader would, and compares digests:
-polling (every `--reload-interval` seconds, 2 by default, in a background task, never on the
-request path) catches a symlink swap, a rename over the file and an edit in place alike,
-with no inotify watch to lose when the watched directory is replaced.
+kubelet never rewrites a mounted file [K-13]: it writes the new version into a fresh
+timestamped directory and swaps a `..data` symlink to it, so the path keeps its name while
+its target, inode and content change, and its mtime says nothing reliable. So the watch
+reads the content itself, through the path as any reader would, and compares digests:
+polling (every `--reload-interval` seconds, 2 by default, in a background task, never on
+the request path) catches a symlink swap, a rename over the file and an edit in place
+alike, with no inotify watch to lose when the watched directory is replaced. An edit in
+place may be read half-written, and a half that parses would serve until the next poll:
+writers other than kubelet should write a new file and rename it over the old.
 
 A new version is handed to its setting's `apply`, which parses it and prepares everything
 (new roles primed) before putting it in force in one assignment. Whatever goes wrong, the
