@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.http.test_reload import Volume, role_map
+from tests.support.configmap import Volume, role_map
 from tests.support.processes import clean_env, run, run_imds
 
 pytestmark = pytest.mark.e2e

@@ -3,9 +3,7 @@ The role map and the Pod Identity associations read again when their files chang
 Kubernetes ConfigMap volume changes them (imds.config.watch): real files, a real server,
 callers on real loopback sockets (127.0.0.x, as in test_rolemap.py).
 
-kubelet's atomic writer is reproduced as it works: the files live in a timestamped
-directory, `..data` links to it, each file name links through `..data`; an update writes a
-new directory, points `..data_tmp` at it, renames that over `..data` and removes the old one.
+A ConfigMap volume is updated as kubelet does it (tests/support/configmap.py, spec K-13).
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -30,6 +27,7 @@ from imds.creds.pool import RoleKey
 from imds.errors import ConfigError
 from imds.server import Running
 from tests.conftest import ServerFactory
+from tests.support.configmap import Volume, role_map
 from tests.support.labutil import ControlAPI
 from tests.support.polling import just_after_a_second_turns, until
 from tests.support.sts_support import StsProxy
@@ -38,41 +36,6 @@ TOKEN = "X-aws-ec2-metadata-token"
 TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 LISTING = "/latest/meta-data/iam/security-credentials/"
 ROLE_ARN = "arn:aws:iam::111122223333:role/team/new"
-
-
-class Volume:
-    """A directory laid out and updated as kubelet does a ConfigMap volume."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.versions = 0
-        root.mkdir(exist_ok=True)
-
-    def path(self, name: str) -> str:
-        return str(self.root / name)
-
-    def write(self, **files: str) -> None:
-        """Publish a new version holding exactly `files` (name = content)."""
-        self.versions += 1
-        version = self.root / f"..2026_12_02_21_00_00.{self.versions:09d}"
-        version.mkdir()
-        for name, text in files.items():
-            (version / name).write_text(text)
-        data = self.root / "..data"
-        old = data.resolve() if data.is_symlink() else None
-        tmp = self.root / "..data_tmp"
-        tmp.symlink_to(version.name)
-        tmp.rename(data)
-        for name in files:
-            link = self.root / name
-            if not link.is_symlink():
-                link.symlink_to(f"..data/{name}")
-        # Names no longer in the ConfigMap lose their link, as kubelet removes them.
-        for link in self.root.iterdir():
-            if link.is_symlink() and link.name not in files and not link.name.startswith(".."):
-                link.unlink()
-        if old is not None:
-            shutil.rmtree(old)
 
 
 @pytest.fixture
@@ -118,11 +81,6 @@ def key_of(running: Running, role: str) -> str:
     rotator = running.pool.get(RoleKey(role))
     assert rotator is not None and rotator.current is not None
     return rotator.current.credentials.access_key_id
-
-
-def role_map(**clients: str) -> str:
-    return "[clients]\n" + "".join(f'"{address}" = "{role}"\n'
-                                   for address, role in clients.items())
 
 
 class TestRoleMapReload:
