@@ -3,7 +3,7 @@ Run `imds node-setup` or `imds node-cleanup`: one line per change on stdout, the
 stderr when refused.
 
 Exit codes: 0 done (also when nothing needed doing), 1 refused or failed with the node
-left as it was (NodeError), 2 bad usage (argparse).
+left as it was (NodeError), 2 bad usage (argparse, or a flag's value: ConfigError).
 """
 
 from __future__ import annotations
@@ -12,16 +12,21 @@ import argparse
 import sys
 from collections.abc import Mapping
 
-from imds.errors import NodeError
+from imds.errors import ConfigError, NodeError
 from imds.node import dnat, link
 from imds.node.options import from_args
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
 def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         options = from_args(args)
+    except ConfigError as exc:
+        print(f"imds {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         setup = args.command == "node-setup"
         if options.mode == "dummy":
             done = link.setup(options) if setup else link.cleanup(options)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from imds.errors import NodeError
+from imds.errors import ConfigError
 
 Mode = Literal["dummy", "dnat"]
 LinkKind = Literal["dummy", "bridge"]
@@ -69,39 +69,41 @@ def parse_target(text: str) -> Target:
     """`10.0.0.5:8080` or `[fd00::5]:8080`."""
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", text)
     if match is None:
-        raise NodeError(f"--to {text!r}: expected ADDRESS:PORT, e.g. 10.0.0.5:8080 or "
+        raise ConfigError(f"--to {text!r}: expected ADDRESS:PORT, e.g. 10.0.0.5:8080 or "
                         "[fd00::5]:8080")
     host = match.group(1) or match.group(3)
     port = int(match.group(2) or match.group(4))
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise NodeError(f"--to {text!r}: {host!r} is not an IP address") from None
+        raise ConfigError(f"--to {text!r}: {host!r} is not an IP address") from None
     if not 1 <= port <= 65535:
-        raise NodeError(f"--to {text!r}: port {port} is not in 1..65535")
+        raise ConfigError(f"--to {text!r}: port {port} is not in 1..65535")
     return Target(address, port)
 
 
 def from_args(args: argparse.Namespace) -> NodeOptions:
-    """The options of one run, checked; NodeError names the flag and the value."""
+    """The options of one run, checked; ConfigError names the flag and the value (exit 2)."""
     if not _LINK_NAME.fullmatch(args.link):
-        raise NodeError(f"--link {args.link!r}: not an interface name (at most 15 letters, "
+        raise ConfigError(f"--link {args.link!r}: not an interface name (at most 15 letters, "
                         "digits, '_', '.', '-')")
     interfaces = tuple(args.interface or DEFAULT_INTERFACES)
     for glob in interfaces:
         if not _INTERFACE.fullmatch(glob):
-            raise NodeError(f"--interface {glob!r}: expected an interface name or a prefix "
+            raise ConfigError(f"--interface {glob!r}: expected an interface name or a prefix "
                             "ending in '+', such as veth+ or cali+")
     targets = tuple(parse_target(text) for text in args.to or ())
     versions = [target.version for target in targets]
     if len(set(versions)) != len(versions):
-        raise NodeError("--to: give at most one IPv4 and one IPv6 target")
+        raise ConfigError("--to: give at most one IPv4 and one IPv6 target")
     if args.command == "node-setup" and args.mode == "dnat":
         if not targets:
-            raise NodeError("--mode dnat needs --to ADDRESS:PORT, imds's own address on the "
+            raise ConfigError("--mode dnat needs --to ADDRESS:PORT, imds's own address on the "
                             "node (e.g. the node's IP and the port `imds serve` listens on)")
+        if 4 not in versions:
+            raise ConfigError("--mode dnat needs an IPv4 --to (169.254.169.254 is IPv4)")
         if args.ipv6 and 6 not in versions:
-            raise NodeError("--mode dnat with IPv6 needs an IPv6 --to as well (or --no-ipv6)")
+            raise ConfigError("--mode dnat with IPv6 needs an IPv6 --to as well (or --no-ipv6)")
     return NodeOptions(mode=args.mode, link=args.link, link_kind=args.link_kind,
                        ipv6=args.ipv6, interfaces=interfaces, targets=targets)
 
