@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import netns
-from tests.support.processes import clean_env, stop_process
+from tests.support.processes import ROOT, clean_env, stop_process
 
 pytestmark = pytest.mark.netns
 
@@ -64,7 +64,7 @@ except urllib.error.HTTPError as error:
     out = {"status": error.code, "body": error.read().decode()}
 print(json.dumps(out))
 """
-PROBE = str(Path(__file__).resolve().parents[1] / "clients" / "imds_probe.py")
+PROBE = str(ROOT / "tests" / "clients" / "imds_probe.py")
 
 
 @dataclass(frozen=True)
@@ -295,6 +295,13 @@ class TestNodeAgent:
         assert "container-role" == seen["method"]
         assert agent_key(node, pod) == seen["access_key"]
 
+    def test_the_ecs_address_reaches_imds_from_a_pod(self, node: Node) -> None:
+        """[K-01] 169.254.170.2 too: the relative-URI flow, no token."""
+        task = (node.state / "ecs-task-id").read_text().strip()
+        seen = probe(node.lab, "pod-a", "boto3",
+                     AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=f"/v2/credentials/{task}")
+        assert "container-role" == seen["method"]
+
     def test_the_two_pods_hold_different_keys(self, node: Node) -> None:
         imds_keys = {probe(node.lab, pod, "raw")["access_key"] for pod in PODS}
         agent_keys = {agent_key(node, pod) for pod in PODS}
@@ -343,6 +350,18 @@ class TestNodeAgent:
         assert 0 == second.returncode, second.stderr
         assert "nothing to do" in second.stdout
         assert node.before == snapshot(node.lab)
+
+
+def test_the_host_namespace_is_never_touched() -> None:
+    """The safety rule of tests/support/netns.py: no link, address or chain of ours here."""
+    if netns.unavailable():
+        pytest.skip("needs root and network namespaces, as the tests above")
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    assert " imds0:" not in links.stdout
+    assert "169.254.169.254" not in Path("/proc/net/fib_trie").read_text()
+    for tool in ("iptables-save", "ip6tables-save"):
+        rules = subprocess.run([tool], capture_output=True, text=True, check=False).stdout
+        assert "IMDS-NODE" not in rules
 
 
 @pytest.fixture
