@@ -64,7 +64,8 @@ def _missing(family: Family, path: str | None) -> list[str]:
 
 def _run(argv: list[str], path: str | None, stdin: str = "") -> str:
     tool = shutil.which(argv[0], path=path)
-    assert tool is not None  # checked by _missing before anything runs
+    if tool is None:  # checked by _missing before anything runs; gone since
+        raise NodeError(f"{argv[0]} not found on PATH")
     result = subprocess.run([tool, *argv[1:]], input=stdin, capture_output=True, text=True,
                             timeout=60, check=False)
     if result.returncode != 0:

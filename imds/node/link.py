@@ -131,13 +131,24 @@ def setup(options: NodeOptions) -> list[str]:
                     undo.append(_remover(ipr, "route", own, address))
                     done.append(f"added route {address}/{_prefix(address)} dev {options.link}")
         except (NetlinkError, NodeError) as exc:
-            for step in reversed(undo):
-                step()
+            stuck = _roll_back(undo)
             if isinstance(exc, NodeError):
                 raise
-            raise NodeError(f"{_explain(exc)}; nothing was left changed"
-                            + _hint(exc, options)) from None
+            outcome = (f"; rolling back failed too: {stuck}" if stuck
+                       else "; nothing was left changed")
+            raise NodeError(f"{_explain(exc)}{outcome}{_hint(exc, options)}") from None
         return done
+
+
+def _roll_back(undo: list[Callable[[], object]]) -> str:
+    """Every undo step, newest first, each tried even if one before it failed."""
+    failed = []
+    for step in reversed(undo):
+        try:
+            step()
+        except NetlinkError as exc:
+            failed.append(_explain(exc))
+    return "; ".join(failed)
 
 
 def _create(ipr: Any, options: NodeOptions) -> None:
