@@ -318,6 +318,30 @@ class TestNodeAgent:
                      **{"X-aws-ec2-metadata-token": token})
         assert 404 == other["status"]
 
+    def test_a_pod_posing_as_the_other_by_its_address_gets_no_answer(
+        self, node: Node
+    ) -> None:
+        """pod-a sending from pod-b's address (root in its namespace, which a pod is not):
+        the node's answer goes to pod-b, so no connection is ever made."""
+        pod_a = node.lab["pod-a"]
+        pod_a.ip("addr", "add", "10.90.2.2/32", "dev", "eth0")
+        try:
+            code = ("import http.client\n"
+                    "c = http.client.HTTPConnection('169.254.169.254', 80, timeout=2, "
+                    "source_address=('10.90.2.2', 0))\n"
+                    "try:\n"
+                    "    c.request('PUT', '/latest/api/token', headers="
+                    "{'X-aws-ec2-metadata-token-ttl-seconds': '60'})\n"
+                    "    print(c.getresponse().status)\n"
+                    "except OSError as e:\n"
+                    "    print(type(e).__name__)\n")
+            result = pod_a.run([sys.executable, "-c", code], env=env_for(node.lab))
+        finally:
+            pod_a.ip("addr", "del", "10.90.2.2/32", "dev", "eth0")
+        assert 0 == result.returncode, result.stderr
+        assert result.stdout.strip() in {"TimeoutError", "ConnectionResetError",
+                                         "ConnectionRefusedError"}, result.stdout
+
     def test_a_token_another_pod_obtained_is_refused(self, node: Node) -> None:
         """[T-08] an IMDS token is bound to the address that obtained it, DNAT or not."""
         token_b = str(probe(node.lab, "pod-b", "raw")["token"])
@@ -391,6 +415,17 @@ class TestRefusals:
         result = imds(bare_node, "node-setup", *BRIDGE)
         assert 1 == result.returncode
         assert "169.254.170.23 is already on pod-id-link0" in result.stderr
+        assert before == snapshot(bare_node)
+
+    def test_a_route_to_an_address_through_another_link_is_refused(
+        self, bare_node: netns.Lab
+    ) -> None:
+        """[K-13] as the EKS agent refuses an equal route on another link."""
+        bare_node["node"].ip("route", "add", "169.254.169.254/32", "dev", "vetha")
+        before = snapshot(bare_node)
+        result = imds(bare_node, "node-setup", *BRIDGE)
+        assert 1 == result.returncode
+        assert "a route to 169.254.169.254 already goes to vetha" in result.stderr
         assert before == snapshot(bare_node)
 
     def test_a_link_by_our_name_that_is_not_ours_is_left_alone(
