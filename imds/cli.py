@@ -3,7 +3,9 @@ The `imds` command: `serve` runs the metadata service, `config` prints what it w
 `identity-cert` prints the certificate that verifies the identity document's signatures,
 `ctl` drives a running server's rotation lab (imds.ctl; exit 1 when the API refuses),
 `env`, `exec` and `pod-token` point an SDK at a running server through the EC2, ECS or EKS
-Pod Identity flow (imds.envcmd; exit 1 when no server serves it).
+Pod Identity flow (imds.envcmd; exit 1 when no server serves it), `node-setup` and
+`node-cleanup` make the link-local addresses reach imds on a Kubernetes node (imds.node;
+exit 1 when refused, with the node left as it was).
 
 Exit codes: 0 success, 2 bad usage or configuration, 3 the server could not start.
 """
@@ -62,9 +64,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="print the PEM certificate that verifies the instance identity "
                         "signatures (created in the state dir if missing)")
     from imds import ctl, envcmd
+    from imds.node import options as node_options
 
     ctl.add_parser(sub)
     envcmd.add_parsers(sub)
+    node_options.add_parsers(sub)
     return parser
 
 
@@ -86,6 +90,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from imds import envcmd
 
         return envcmd.main(args, env)
+    if args.command in ("node-setup", "node-cleanup"):
+        # Privileged, once per node, before and after the server: none of its settings apply.
+        from imds.node import command
+
+        return command.main(args, env)
     try:
         config = load_config(args, env)
     except ConfigError as exc:

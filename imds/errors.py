@@ -15,8 +15,10 @@ may raise and catch them (README, "Where things are").
     ├── CtlError         `imds ctl` cannot reach the control API, or it refused; exit 1
     │   └── ServerChoiceError  several servers run on the state directory and none is
     │                          chosen, or --server names none or several; exit 2
-    └── FlowError        `imds env`/`imds exec` find no server running, or one that does
-                         not serve the chosen flow; exit 1
+    ├── FlowError        `imds env`/`imds exec` find no server running, or one that does
+    │                    not serve the chosen flow; exit 1
+    └── NodeError        `imds node-setup`/`node-cleanup` refused or failed; whatever that
+                         run had added is rolled back first; exit 1
 """
 
 from __future__ import annotations
@@ -78,4 +80,13 @@ class FlowError(ImdsError):
     """
     Raised when `imds env` or `imds exec` cannot point a client at a running server: none
     runs on the state directory, or it lacks what the flow needs (an ECS task, a token).
+    """
+
+
+class NodeError(ImdsError):
+    """
+    Raised by `imds node-setup` and `imds node-cleanup` (imds.node) when the node cannot be
+    set up or cleaned: an address already on another interface, a link or chain by our name
+    that is not ours, a tool missing, the kernel refusing. Raised only after that run's own
+    changes are rolled back, so the node is as it was.
     """

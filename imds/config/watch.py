@@ -2,7 +2,7 @@
 Files a setting names, read again when they change: the role map and the Pod Identity
 associations, as a Kubernetes ConfigMap volume updates them in place.
 
-kubelet never rewrites a mounted file [K-13]: it writes the new version into a fresh
+kubelet never rewrites a mounted file [K-15]: it writes the new version into a fresh
 timestamped directory and swaps a `..data` symlink to it, so the path keeps its name while
 its target, inode and content change, and its mtime says nothing reliable. So the watch
 reads the content itself, through the path as any reader would, and compares digests:

@@ -23,12 +23,12 @@ it (no CSRF, unlike a cookie).
     POST   /api/settings          {"lifetime"?, "refresh_ahead"?, "role"?}
     GET    /api/faults            active faults
     POST   /api/faults            inject one (imds.lab.faultspec.FaultSpec as JSON)
+    DELETE /api/faults[/{id}]     clear all, or one
+    GET    /metrics               Prometheus text
 
 Faults, `expire` and `revoke` act on every endpoint that serves a role: IMDS, ECS task
 credentials and EKS Pod Identity; `"endpoint": "imds" | "ecs" | "pod-identity"` aims one at
 that endpoint alone (imds.containers.kinds). `role` names a role as `/api/status` lists it.
-    DELETE /api/faults[/{id}]     clear all, or one
-    GET    /metrics               Prometheus text
 """
 
 from __future__ import annotations

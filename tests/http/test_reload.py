@@ -3,7 +3,7 @@ The role map and the Pod Identity associations read again when their files chang
 Kubernetes ConfigMap volume changes them (imds.config.watch): real files, a real server,
 callers on real loopback sockets (127.0.0.x, as in test_rolemap.py).
 
-A ConfigMap volume is updated as kubelet does it (tests/support/configmap.py, spec K-13).
+A ConfigMap volume is updated as kubelet does it (tests/support/configmap.py, spec K-15).
 """
 
 from __future__ import annotations

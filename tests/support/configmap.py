@@ -1,5 +1,5 @@
 """
-A ConfigMap volume, laid out and updated as kubelet's atomic writer does it [K-13]: the
+A ConfigMap volume, laid out and updated as kubelet's atomic writer does it [K-15]: the
 files live in a timestamped directory, `..data` links to it and each file name links
 through `..data`; an update writes a new directory, points `..data_tmp` at it, renames that
 over `..data` and removes the old directory.
