@@ -203,10 +203,6 @@ class PodIdentityEndpoint:
         return Reply(200, found.body, found.content_type, found=found,
                      until=claims.expires_at)
 
-    @property
-    def associations(self) -> Mapping[tuple[str, str], str] | None:
-        return self._associations
-
     async def associate(self, associations: Mapping[tuple[str, str], str]) -> None:
         """
         Put new associations in force (`--pod-identity-associations` reloaded,
