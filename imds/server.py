@@ -26,10 +26,9 @@ from imds.config import containers as ctr_settings
 from imds.config import rolemap as rolemap_file
 from imds.config.endpoints import endpoints
 from imds.config.rolemap import DEFAULT_ROLE
-from imds.config.watch import Apply, FileWatch
+from imds.config.watch import FileWatch
 from imds.containers.build import pod_session, start_containers
 from imds.containers.endpoint import ContainerEndpoints
-from imds.containers.podidentity import PodIdentityEndpoint
 from imds.creds.pool import RoleKey, RotatorPool
 from imds.creds.rotation import Rotator
 from imds.creds.sources import CredentialSource, LocalSource
@@ -154,14 +153,14 @@ async def start(
         routes = await rolemap.start_routes(config, role_map, pool=pool, default_tree=tree,
                                             make_tree=instance.tree)
         watch.add("role_map", config.role_map, map_data,
-                  _map_reload(config.role_map, routes, pool, instance))
+                  routes.reloader(config.role_map, pool=pool, make_tree=instance.tree))
     listening = endpoints(config.listen, config.host, config.port)
     containers, ecs_task = await start_containers(
         config, pool=pool, own_role=own, endpoints=listening, clock=clock,
         associations=associations if config.pod_identity_associations else None)
     if config.pod_identity_associations:
         watch.add("pod_identity_associations", config.pod_identity_associations, pod_data,
-                  _associations_reload(config.pod_identity_associations, containers.pods))
+                  containers.pods.reloader(config.pod_identity_associations))
     signer = TokenSigner(clock)
     app = make_app(config, tree=tree, rotator=rotator, clock=clock, signer=signer,
                    started=started, routes=routes, lab=lab, pool=pool,
@@ -191,25 +190,6 @@ async def start(
     return Running(runner, _url(runner), rotator, signer, config, urls=urls(runner),
                    routes=routes, lab=lab, control=control, pool=pool,
                    containers=containers, ecs_task=ecs_task, watch=watch)
-
-
-def _map_reload(path: str, routes: rolemap.Routes, pool: RotatorPool,
-                instance: SimulatedInstance) -> Apply:
-    async def apply(data: bytes) -> str:
-        role_map = rolemap_file.loads(data, path)
-        await routes.reload(role_map, pool=pool, make_tree=instance.tree)
-        return f"{len(role_map.clients)} entries, roles {', '.join(role_map.roles()) or 'none'}"
-
-    return apply
-
-
-def _associations_reload(path: str, pods: PodIdentityEndpoint) -> Apply:
-    async def apply(data: bytes) -> str:
-        associations = ctr_settings.loads_associations(data, path)
-        await pods.associate(associations)
-        return f"{len(associations)} associations"
-
-    return apply
 
 
 def _url(runner: web.AppRunner) -> str:

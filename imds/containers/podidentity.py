@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from imds.config.containers import loads_associations
+from imds.config.watch import Apply
 from imds.containers.documents import plain_error, pod_identity_document
 from imds.containers.satoken import PodClaims, Verifier
 from imds.containers.served import Served
@@ -202,6 +204,15 @@ class PodIdentityEndpoint:
         # Kept by the fast path at most until the token expires.
         return Reply(200, found.body, found.content_type, found=found,
                      until=claims.expires_at)
+
+    def reloader(self, path: str) -> Apply:
+        """What a new version of the associations file goes through (imds.config.watch)."""
+        async def apply(data: bytes) -> str:
+            associations = loads_associations(data, path)
+            await self.associate(associations)
+            return f"{len(associations)} associations"
+
+        return apply
 
     async def associate(self, associations: Mapping[tuple[str, str], str]) -> None:
         """

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from imds.config.rolemap import DEFAULT_ROLE, RoleMap, is_arn
+from imds.config.rolemap import DEFAULT_ROLE, RoleMap, is_arn, loads
+from imds.config.watch import Apply
 from imds.creds.pool import RoleKey, RotatorPool
 from imds.creds.rotation import Rotator
 from imds.ec2.tree import Directory
@@ -136,6 +137,17 @@ class Routes:
     @property
     def rotators(self) -> dict[str, Rotator]:
         return self.table.rotators
+
+    def reloader(self, path: str, *, pool: RotatorPool,
+                 make_tree: Callable[[Rotator], Directory]) -> Apply:
+        """What a new version of the file at `path` goes through (imds.config.watch)."""
+        async def apply(data: bytes) -> str:
+            role_map = loads(data, path)
+            await self.reload(role_map, pool=pool, make_tree=make_tree)
+            roles = ", ".join(role_map.roles()) or "none"
+            return f"{len(role_map.clients)} entries, roles {roles}"
+
+        return apply
 
     async def reload(self, role_map: RoleMap, *, pool: RotatorPool,
                      make_tree: Callable[[Rotator], Directory]) -> None:
