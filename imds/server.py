@@ -22,9 +22,11 @@ from aiohttp import web
 
 from imds import shutdown
 from imds.config import Config, account_mismatch
+from imds.config import containers as ctr_settings
+from imds.config import rolemap as rolemap_file
 from imds.config.endpoints import endpoints
 from imds.config.rolemap import DEFAULT_ROLE
-from imds.config.rolemap import read as read_role_map
+from imds.config.watch import FileWatch
 from imds.containers.build import pod_session, start_containers
 from imds.containers.endpoint import ContainerEndpoints
 from imds.creds.pool import RoleKey, RotatorPool
@@ -81,6 +83,8 @@ class Running:
     pool: RotatorPool | None = None
     containers: ContainerEndpoints | None = None
     ecs_task: str = ""
+    # The role map and associations files, read again when they change (imds.config.watch).
+    watch: FileWatch | None = None
 
     async def stop(self, hurry: asyncio.Event | None = None) -> None:
         """
@@ -134,21 +138,35 @@ async def start(
     own = rolemap.own_role(config)
     pool.add(RoleKey(own), rotator)
     routes = None
+    # The files read again when they change (imds.config.watch), as they are now.
+    watch = FileWatch(config.reload_interval, lab.reloaded)
+    try:
+        if config.role_map:
+            map_data, role_map = rolemap_file.snapshot(config.role_map)
+        if config.pod_identity_associations:
+            pod_data, associations = ctr_settings.associations_snapshot(
+                config.pod_identity_associations)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from exc
     if config.role_map:
         # Per-caller roles: one primed rotator and tree per role of the map (imds.http.rolemap).
-        try:
-            role_map = read_role_map(config.role_map)
-        except ConfigError as exc:
-            raise StartupError(str(exc)) from exc
         routes = await rolemap.start_routes(config, role_map, pool=pool, default_tree=tree,
                                             make_tree=instance.tree)
+        watch.add("role_map", config.role_map, map_data,
+                  routes.reloader(config.role_map, pool=pool, make_tree=instance.tree))
     listening = endpoints(config.listen, config.host, config.port)
-    containers, ecs_task = await start_containers(config, pool=pool, own_role=own,
-                                                  endpoints=listening, clock=clock)
+    containers, ecs_task = await start_containers(
+        config, pool=pool, own_role=own, endpoints=listening, clock=clock,
+        associations=associations if config.pod_identity_associations else None)
+    if config.pod_identity_associations:
+        watch.add("pod_identity_associations", config.pod_identity_associations, pod_data,
+                  containers.pods.reloader(config.pod_identity_associations))
     signer = TokenSigner(clock)
     app = make_app(config, tree=tree, rotator=rotator, clock=clock, signer=signer,
                    started=started, routes=routes, lab=lab, pool=pool,
                    containers=containers)
+    if watch.files and config.reload_interval:
+        app.cleanup_ctx.append(lambda _app: watch.running())
     # The two listeners' connection caps share the open-file limit (imds.http.descriptors).
     budget = descriptors.share(config.max_connections,
                                CONTROL_LIMITS.max_connections if config.control else 0)
@@ -171,7 +189,7 @@ async def start(
             raise
     return Running(runner, _url(runner), rotator, signer, config, urls=urls(runner),
                    routes=routes, lab=lab, control=control, pool=pool,
-                   containers=containers, ecs_task=ecs_task)
+                   containers=containers, ecs_task=ecs_task, watch=watch)
 
 
 def _url(runner: web.AppRunner) -> str:

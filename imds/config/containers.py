@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 
 from imds.config import sts
+from imds.config.tomlfile import decode, read_bytes, read_text
+from imds.errors import ConfigError
 
 # An ECS task id as it appears in the credentials path: the agent uses UUIDs [K-01]; any
 # path-safe name of letters, digits and ._- is taken, so a compose file may say `app`.
@@ -71,3 +73,47 @@ def associations(values: tuple[str, ...]) -> dict[tuple[str, str], str]:
         namespace, _, account = who.partition("/")
         found[(namespace, account)] = name
     return found
+
+
+def parse_associations(text: str, origin: str) -> dict[tuple[str, str], str]:
+    """
+    An associations file (`--pod-identity-associations FILE`): one
+    `NAMESPACE/SERVICE_ACCOUNT=ROLE` a line, as the repeatable option takes them; blank
+    lines and `#` comments are skipped. Every mistake is a ConfigError naming its line.
+    """
+    found: dict[tuple[str, str], str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        where = f"{origin}, line {number}"
+        try:
+            checked = association(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        ((who, role_),) = associations((checked,)).items()
+        if who in found and found[who] != role_:
+            raise ConfigError(f"{where}: {who[0]}/{who[1]} is already associated with "
+                              f"{found[who]}")
+        found[who] = role_
+    return found
+
+
+def _where(path: str) -> str:
+    # Messages start with the setting's key, as the other file settings' do.
+    return f"pod_identity_associations {path!r}"
+
+
+def read_associations(path: str) -> dict[tuple[str, str], str]:
+    return parse_associations(read_text(path, _where(path)), _where(path))
+
+
+def associations_snapshot(path: str) -> tuple[bytes, dict[tuple[str, str], str]]:
+    """The file's content and its associations: what a reload compares new versions with."""
+    data = read_bytes(path, _where(path))
+    return data, loads_associations(data, path)
+
+
+def loads_associations(data: bytes, path: str) -> dict[tuple[str, str], str]:
+    """The associations in `data`, the file's content as a reload read it."""
+    return parse_associations(decode(data, _where(path)), _where(path))

@@ -89,6 +89,9 @@ def _toml_item(option: Option, value: Any, where: str = "") -> str | dict[str, s
     elif isinstance(value, int):
         if wanted != "boolean":
             return str(value)
+    elif isinstance(value, float):
+        if wanted == "float":
+            return repr(value)
     elif isinstance(value, dict) and option.table:
         return {str(key): _toml_field(item, f"{where}{key}") for key, item in value.items()}
     expected = _a(wanted) + (" or a table" if option.table else "")
@@ -217,6 +220,11 @@ def finish(config: Config) -> Config:
     # ECS task roles and Pod Identity associations may name ARNs too: STS settings apply.
     container_roles = [*containers.tasks(config.ecs_task).values(),
                        *containers.associations(config.pod_identity_association).values()]
+    if config.pod_identity_associations:
+        if config.pod_identity_association:
+            raise ConfigError("pod_identity_associations and pod_identity_association are "
+                              "both set; give one")
+        container_roles += containers.read_associations(config.pod_identity_associations).values()
     map_arns += tuple(role for role in container_roles if role.startswith("arn:"))
     changes.update(_sts_changes(config, map_arns))
     changes["user_data_bytes"] = _user_data(config)

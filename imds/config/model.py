@@ -29,6 +29,8 @@ class Config:
     listen: tuple[Endpoint, ...] = ()
     hop_limit: int = 1
     role_map: str = ""
+    # Seconds between checks of the role map and associations files (imds.config.watch).
+    reload_interval: float = 2.0
     allow_client: tuple[str, ...] = ()
     allow_host: tuple[str, ...] = ()
     # Token and auth behaviour.
@@ -86,6 +88,7 @@ class Config:
     ecs_task: tuple[str, ...] = ()
     container_token: str = field(default="", repr=False)
     pod_identity_association: tuple[str, ...] = ()
+    pod_identity_associations: str = ""
     pod_identity_keys: tuple[str, ...] = ()
     cluster_name: str = "imds-local"
     pod_identity_rate: int = 0

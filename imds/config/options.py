@@ -52,6 +52,27 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
 
 
 @dataclass(frozen=True, slots=True)
+class _Seconds:
+    """Seconds, fractions allowed, in low..high (a class: TOML takes a float for it)."""
+
+    low: float
+    high: float
+
+    def __call__(self, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+        if not self.low <= value <= self.high:  # NaN fails this too
+            raise ValueError(f"expected {self.low:g}..{self.high:g} seconds, got {raw}")
+        return value
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    return _Seconds(low, high)
+
+
+@dataclass(frozen=True, slots=True)
 class _Choice:
     """One of a few words (a class, so `--help` can list them)."""
 
@@ -150,6 +171,8 @@ class Option:
         """The TOML type of one value of this setting (a string is always accepted too)."""
         if self.is_flag:
             return "boolean"
+        if isinstance(self.parse, _Seconds):
+            return "float"
         return "integer" if isinstance(self.parse, _IntRange) else "string"
 
     @property
@@ -227,8 +250,12 @@ OPTIONS: tuple[Option, ...] = (
                "IP TTL / IPv6 hop limit of the token response, as EC2's "
                f"HttpPutResponseHopLimit ({HOP_LIMIT_MIN}..{HOP_LIMIT_MAX})", "N"),
         Option("role_map", _path,
-               "TOML file mapping client addresses or CIDRs to role names or ARNs", "FILE",
+               "TOML file mapping client addresses or CIDRs to role names or ARNs; read "
+               "again when it changes", "FILE",
                default_text="none: every client gets the one role"),
+        Option("reload_interval", _seconds(0, 3600),
+               "seconds between checks of --role-map and --pod-identity-associations for a "
+               "new version (a ConfigMap update); 0: read once", "SECONDS"),
         Option("allow_client", parse_network,
                "serve only callers in this network (403 to others); repeatable", "CIDR",
                repeated=True, default_text="none: every caller"),
@@ -366,6 +393,10 @@ OPTIONS: tuple[Option, ...] = (
                "EKS Pod Identity: the role for a service account; repeatable",
                "NAMESPACE/SERVICE_ACCOUNT=ROLE", repeated=True, pairs=True,
                default_text="none: every service account gets the server's own role"),
+        Option("pod_identity_associations", _path,
+               "file of NAMESPACE/SERVICE_ACCOUNT=ROLE lines (# comments), instead of "
+               "--pod-identity-association; read again when it changes", "FILE",
+               default_text="none"),
         Option("pod_identity_keys", _path,
                "public keys of the cluster's service-account issuer (JWKS or PEM) that sign "
                "Pod Identity tokens; repeatable", "FILE", repeated=True,

@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from imds.config import sts
-from imds.config.tomlfile import read_toml
+from imds.config.tomlfile import parse_toml, read_bytes, read_toml
 from imds.ec2.guard import IPNetwork, client_address
 from imds.errors import ConfigError
 
 DEFAULT_ROLE = "default-role"
 NO_ROLE = "no-role"
-
 
 
 def is_arn(role: str) -> bool:
@@ -100,7 +99,21 @@ def parse(data: Mapping[str, Any], origin: str) -> RoleMap:
     return RoleMap(clients=tuple(ordered), unmapped=unmapped)
 
 
-def read(path: str) -> RoleMap:
+def _where(path: str) -> str:
     # Messages start with the setting's key, as the other file settings' do.
-    where = f"role_map {path!r}"
-    return parse(read_toml(path, where), where)
+    return f"role_map {path!r}"
+
+
+def read(path: str) -> RoleMap:
+    return parse(read_toml(path, _where(path)), _where(path))
+
+
+def snapshot(path: str) -> tuple[bytes, RoleMap]:
+    """The file's content and its map: what a reload compares new versions with."""
+    data = read_bytes(path, _where(path))
+    return data, loads(data, path)
+
+
+def loads(data: bytes, path: str) -> RoleMap:
+    """The map in `data`, the file's content as a reload read it (imds.config.watch)."""
+    return parse(parse_toml(data, _where(path)), _where(path))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from imds.config import containers as settings
@@ -65,8 +65,12 @@ async def start_containers(
     own_role: str,
     endpoints: tuple[Endpoint, ...],
     clock: Callable[[], float],
+    associations: Mapping[tuple[str, str], str] | None = None,
 ) -> tuple[ContainerEndpoints, str]:
-    """The endpoints, and the default task id (for `imds env`)."""
+    """
+    The endpoints, and the default task id (for `imds env`). `associations`: those read
+    from `--pod-identity-associations` (None: the repeatable option's).
+    """
     default_task = default_task_id(config.state_dir)
     tasks = {default_task: own_role, **settings.tasks(config.ecs_task)}
     ecs = EcsEndpoint(container_token(config), pool, clock)
@@ -77,7 +81,8 @@ async def start_containers(
             raise StartupError(f"ecs_task {task}: could not get the first credentials for "
                                f"role {role}: {exc}") from exc
 
-    associations = settings.associations(config.pod_identity_association) or None
+    if associations is None:
+        associations = settings.associations(config.pod_identity_association) or None
     for role in set((associations or {}).values()):
         if not role.startswith("arn:"):
             # Minted locally: one rotation for every pod. An STS-backed role gets a session

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from imds.config.containers import loads_associations
+from imds.config.watch import Apply
 from imds.containers.documents import plain_error, pod_identity_document
 from imds.containers.satoken import PodClaims, Verifier
 from imds.containers.served import Served
@@ -202,6 +204,32 @@ class PodIdentityEndpoint:
         # Kept by the fast path at most until the token expires.
         return Reply(200, found.body, found.content_type, found=found,
                      until=claims.expires_at)
+
+    def reloader(self, path: str) -> Apply:
+        """What a new version of the associations file goes through (imds.config.watch)."""
+        async def apply(data: bytes) -> str:
+            associations = loads_associations(data, path)
+            await self.associate(associations)
+            return f"{len(associations)} associations"
+
+        return apply
+
+    async def associate(self, associations: Mapping[tuple[str, str], str]) -> None:
+        """
+        Put new associations in force (`--pod-identity-associations` reloaded,
+        imds.config.watch). Roles minted locally are primed first, as at startup; then one
+        assignment swaps the table, and every document served so far is retired, so the
+        fast path stops sending an answer kept under the old associations. Raises
+        SourceError, the old ones still in force, when a new role gets no credentials.
+        """
+        for role in set(associations.values()):
+            if not role.startswith("arn:"):
+                await self._pool.ensure(RoleKey(role))
+        served = list(self._served.values())
+        self._associations = dict(associations)
+        self._served = {}
+        for old in served:
+            old.retire()
 
     async def prepare(self, key: RoleKey) -> None:
         """Start the rotation `key` names; a failure is answered from the pool."""

@@ -151,6 +151,8 @@ class Lab:
         self.rotations_failed = 0
         self.fetch_errors = 0
         self.fetch_seconds = Histogram(FETCH_BUCKETS)
+        # Files read again (imds.config.watch): (setting, result) -> count.
+        self.config_reloads: dict[tuple[str, str], int] = {}
         self.started = clock()
 
     # ------------------------------------------------------------------ wiring
@@ -174,6 +176,11 @@ class Lab:
                 self.rotations_failed += 1
 
         rotator.listeners.append(on_rotation)
+
+    def reloaded(self, key: str, result: str) -> None:
+        """A watched file's new version was applied or refused (imds.config.watch)."""
+        self.config_reloads[(key, result)] = self.config_reloads.get((key, result), 0) + 1
+        self._event("reload", f"{key}: {result}")
 
     def wrap(self, handle: Handler, respond: Respond) -> Handler:
         """The metadata handler with faults around it and one count per answer."""

@@ -158,6 +158,15 @@ class LabCollector:
         yield left
         yield next_rotation
 
+        reloads = CounterMetricFamily(
+            "imds_config_reloads", "New versions of a watched file (the role map, the Pod "
+            "Identity associations), by setting and result: ok (in force), invalid, missing, "
+            "unavailable (a new role got no credentials), error; all but ok keep the version "
+            "in force", labels=["file", "result"])
+        for (key, result), count in sorted(lab.config_reloads.items()):
+            reloads.add_metric([key, result], count)
+        yield reloads
+
         faults = GaugeMetricFamily("imds_faults_active", "Faults injected and active",
                                    labels=["kind"])
         for kind, count in sorted(Counter(f.kind for f in lab.faults.active).items()):

@@ -115,12 +115,16 @@ def toml_type(option: Option) -> str:
     hint = typing.get_type_hints(Config)[option.key]
     if hint is bool:
         return "boolean"
+    if hint is float:
+        return "float"
     return "integer" if hint in (int, int | None) else "string"
 
 
 def wrong_toml_values(option: Option) -> list[str]:
     """TOML literals of every type this setting does not take."""
-    wrong = ["1.5", "2030-01-02T03:04:05Z"]
+    # A float is right for a setting in seconds that takes fractions (reload_interval).
+    wrong = [] if toml_type(option) == "float" else ["1.5"]
+    wrong.append("2030-01-02T03:04:05Z")
     if toml_type(option) == "boolean":
         wrong.append("1")
     else:
